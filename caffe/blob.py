@@ -1,0 +1,303 @@
+"""Blob: an N-d array pair (data, diff) in SyncedMemory, with Caffe's shape API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from caffe.errors import CaffeError
+from caffe.syncedmem import SyncedMemory
+
+MAX_BLOB_AXES = 32
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+class Blob:
+    """Values (``data``) and gradients (``diff``) of one N-d array.
+
+    ``reshape`` reallocates only when the count grows past the capacity, so views taken earlier
+    keep showing the blob's values. pycaffe's ``data``/``diff`` are writable host views.
+    """
+
+    def __init__(self, shape: Sequence[int] = (), dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+        self._shape: list[int] = []
+        self._count = 0
+        self._capacity = 0
+        self._data = SyncedMemory(0, dtype)
+        self._diff = SyncedMemory(0, dtype)
+        if len(shape):
+            self.reshape(shape)
+
+    # --- shape -------------------------------------------------------------------------------
+    def reshape(self, *shape) -> None:
+        """Reshape to ``shape`` (a list, a BlobShape, or several ints, as pycaffe accepts)."""
+        if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
+            shape = shape[0]
+        if hasattr(shape, "dim"):
+            shape = list(shape.dim)
+        dims = [int(d) for d in shape]
+        if len(dims) > MAX_BLOB_AXES:
+            raise CaffeError(f"Blob: {len(dims)} axes exceed the maximum of {MAX_BLOB_AXES}")
+        count = 1
+        for d in dims:
+            if d < 0:
+                raise CaffeError(f"Blob: negative dimension in shape {dims}")
+            count *= d
+        self._shape = dims
+        self._count = count
+        if count > self._capacity:
+            self._capacity = count
+            self._data = SyncedMemory(count, self.dtype)
+            self._diff = SyncedMemory(count, self.dtype)
+
+    def reshape_like(self, other: Blob) -> None:
+        self.reshape(other.shape)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self._shape)
+
+    def shape_at(self, index: int) -> int:
+        return self._shape[self.canonical_axis_index(index)]
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def count_range(self, start: int, end: int | None = None) -> int:
+        """Product of dims in [start, end) (Caffe's count(start, end))."""
+        end = self.num_axes if end is None else end
+        n = 1
+        for d in self._shape[start:end]:
+            n *= d
+        return n
+
+    @property
+    def num_axes(self) -> int:
+        return len(self._shape)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def canonical_axis_index(self, axis_index: int) -> int:
+        """Map a possibly negative axis to [0, num_axes), with Caffe's range check."""
+        n = self.num_axes
+        if not -n <= axis_index < n:
+            raise CaffeError(f"axis {axis_index} out of range for {n}-D blob with shape "
+                             f"{self.shape_string()}")
+        return axis_index + n if axis_index < 0 else axis_index
+
+    def _legacy(self, index: int) -> int:
+        if self.num_axes > 4:
+            raise CaffeError(f"legacy accessor on a {self.num_axes}-D blob "
+                             f"{self.shape_string()}; use shape instead")
+        if index >= self.num_axes or index < -self.num_axes:
+            return 1
+        return self._shape[index]
+
+    @property
+    def num(self) -> int:
+        return self._legacy(0)
+
+    @property
+    def channels(self) -> int:
+        return self._legacy(1)
+
+    @property
+    def height(self) -> int:
+        return self._legacy(2)
+
+    @property
+    def width(self) -> int:
+        return self._legacy(3)
+
+    def shape_string(self) -> str:
+        return " ".join(str(d) for d in self._shape) + f" ({self._count})"
+
+    def offset(self, *indices: int) -> int:
+        off = 0
+        for axis, d in enumerate(self._shape):
+            off = off * d + (indices[axis] if axis < len(indices) else 0)
+        return off
+
+    # --- host views (numpy) ------------------------------------------------------------------
+    def _view(self, flat: np.ndarray) -> np.ndarray:
+        return flat[: self._count].reshape(self._shape)
+
+    def cpu_data(self) -> np.ndarray:
+        return self._view(self._data.cpu_data())
+
+    def mutable_cpu_data(self) -> np.ndarray:
+        return self._view(self._data.mutable_cpu_data())
+
+    def cpu_diff(self) -> np.ndarray:
+        return self._view(self._diff.cpu_data())
+
+    def mutable_cpu_diff(self) -> np.ndarray:
+        return self._view(self._diff.mutable_cpu_data())
+
+    @property
+    def data(self) -> np.ndarray:
+        """pycaffe's writable host view of the values."""
+        return self.mutable_cpu_data()
+
+    @data.setter
+    def data(self, value) -> None:
+        self.mutable_cpu_data()[...] = value
+
+    @property
+    def diff(self) -> np.ndarray:
+        """pycaffe's writable host view of the gradients."""
+        return self.mutable_cpu_diff()
+
+    @diff.setter
+    def diff(self, value) -> None:
+        self.mutable_cpu_diff()[...] = value
+
+    # --- device tensors (torch), for layer math --------------------------------------------
+    def _tensor(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[: self._count].view(self._shape)
+
+    def gpu_data(self) -> torch.Tensor:
+        return self._tensor(self._data.gpu_data())
+
+    def mutable_gpu_data(self) -> torch.Tensor:
+        return self._tensor(self._data.mutable_gpu_data())
+
+    def gpu_diff(self) -> torch.Tensor:
+        return self._tensor(self._diff.gpu_data())
+
+    def mutable_gpu_diff(self) -> torch.Tensor:
+        return self._tensor(self._diff.mutable_gpu_data())
+
+    def device_data(self) -> torch.Tensor:
+        """Values on the current mode's device (treat as read-only)."""
+        return self._tensor(self._data.device_tensor())
+
+    def mutable_device_data(self) -> torch.Tensor:
+        return self._tensor(self._data.mutable_device_tensor())
+
+    def device_diff(self) -> torch.Tensor:
+        return self._tensor(self._diff.device_tensor())
+
+    def mutable_device_diff(self) -> torch.Tensor:
+        return self._tensor(self._diff.mutable_device_tensor())
+
+    @property
+    def data_mem(self) -> SyncedMemory:
+        return self._data
+
+    @property
+    def diff_mem(self) -> SyncedMemory:
+        return self._diff
+
+    # --- sharing and arithmetic ------------------------------------------------------------
+    def share_data(self, other: Blob) -> None:
+        """Alias ``other``'s values (counts must match)."""
+        if self._count != other.count:
+            raise CaffeError(f"share_data: count {self._count} != {other.count}")
+        self._data = other._data
+        self._capacity = min(self._capacity, other._capacity) or other._capacity
+
+    def share_diff(self, other: Blob) -> None:
+        """Alias ``other``'s gradients (counts must match)."""
+        if self._count != other.count:
+            raise CaffeError(f"share_diff: count {self._count} != {other.count}")
+        self._diff = other._diff
+
+    def update(self) -> None:
+        """data -= diff, on the side where the data is newest (Caffe's Blob::Update)."""
+        if self._count == 0:
+            return
+        self.mutable_device_data().sub_(self.device_diff())
+
+    def asum_data(self) -> float:
+        return float(self.device_data().abs().sum()) if self._count else 0.0
+
+    def asum_diff(self) -> float:
+        return float(self.device_diff().abs().sum()) if self._count else 0.0
+
+    def sumsq_data(self) -> float:
+        return float(self.device_data().square().sum()) if self._count else 0.0
+
+    def sumsq_diff(self) -> float:
+        return float(self.device_diff().square().sum()) if self._count else 0.0
+
+    def scale_data(self, factor: float) -> None:
+        if self._count:
+            self.mutable_device_data().mul_(factor)
+
+    def scale_diff(self, factor: float) -> None:
+        if self._count:
+            self.mutable_device_diff().mul_(factor)
+
+    def shape_equals(self, proto) -> bool:
+        return list(self._shape) == proto_shape(proto)
+
+    def copy_from(self, source: Blob, copy_diff: bool = False, reshape: bool = False) -> None:
+        """Copy ``source``'s data (or diff) into this blob (Caffe's CopyFrom)."""
+        if source.count != self._count or source.shape != self.shape:
+            if not reshape:
+                raise CaffeError(f"copy_from: shape mismatch {self.shape_string()} vs "
+                                 f"{source.shape_string()}; pass reshape=True to reshape")
+            self.reshape_like(source)
+        if copy_diff:
+            self.mutable_device_diff().copy_(source.device_diff())
+        else:
+            self.mutable_device_data().copy_(source.device_data())
+
+    # --- proto -------------------------------------------------------------------------------
+    def from_proto(self, proto, reshape: bool = True) -> None:
+        """Load a BlobProto: ``shape`` or legacy num/channels/height/width; float or double."""
+        shape = proto_shape(proto)
+        if reshape:
+            self.reshape(shape)
+        elif shape != list(self._shape):
+            raise CaffeError(f"from_proto: blob shape {self.shape_string()} does not match "
+                             f"proto shape {shape}")
+        np_dtype = _NP_DTYPES[self.dtype]
+        if len(proto.double_data):
+            values = np.asarray(proto.double_data, dtype=np.float64)
+        else:
+            values = np.asarray(proto.data, dtype=np.float32)
+        if values.size != self._count:
+            raise CaffeError(f"from_proto: {values.size} values for a blob of shape "
+                             f"{self.shape_string()}")
+        self.mutable_cpu_data()[...] = values.astype(np_dtype).reshape(self._shape)
+        diff = proto.double_diff if len(proto.double_diff) else proto.diff
+        if len(diff):
+            if len(diff) != self._count:
+                raise CaffeError(f"from_proto: {len(diff)} diff values for a blob of shape "
+                                 f"{self.shape_string()}")
+            self.mutable_cpu_diff()[...] = np.asarray(diff, dtype=np_dtype).reshape(self._shape)
+
+    def to_proto(self, proto=None, write_diff: bool = False):
+        """Write this blob into a BlobProto (float data for float32 blobs, double otherwise)."""
+        from caffe.proto import caffe_pb2
+
+        proto = caffe_pb2.BlobProto() if proto is None else proto
+        proto.Clear()
+        proto.shape.dim.extend(self._shape)
+        double = self.dtype == torch.float64
+        data = self.cpu_data().reshape(-1)
+        (proto.double_data if double else proto.data).extend(data.tolist())
+        if write_diff:
+            diff = self.cpu_diff().reshape(-1)
+            (proto.double_diff if double else proto.diff).extend(diff.tolist())
+        return proto
+
+    def __repr__(self) -> str:
+        return f"Blob(shape={list(self._shape)}, dtype={self.dtype})"
+
+
+def proto_shape(proto) -> list[int]:
+    """The shape a BlobProto describes: ``shape.dim`` or the legacy 4-D fields."""
+    if proto.HasField("shape"):
+        return list(proto.shape.dim)
+    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
+        return [proto.num, proto.channels, proto.height, proto.width]
+    return []

@@ -1,0 +1,121 @@
+"""Process-wide state, as Caffe's ``Caffe`` singleton holds it: mode, device, RNG, solver rank."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from caffe.errors import CaffeError
+
+CPU = "CPU"
+GPU = "GPU"
+
+
+class _State(threading.local):
+    def __init__(self) -> None:
+        self.mode = CPU
+        self.device_id = 0
+        self.generators: dict[str, torch.Generator] = {}
+        self.seed: int | None = None
+
+
+_state = _State()
+_solver = {"count": 1, "rank": 0, "multiprocess": False}
+
+
+def set_mode_cpu() -> None:
+    """Run layers on the host (the default)."""
+    _state.mode = CPU
+
+
+def set_mode_gpu() -> None:
+    """Run layers on the CUDA device chosen with ``set_device``."""
+    if not torch.cuda.is_available():
+        raise CaffeError("set_mode_gpu: no CUDA device is available (torch.cuda.is_available() is "
+                         "False); use caffe.set_mode_cpu() or install a CUDA build of torch")
+    _state.mode = GPU
+
+
+def mode() -> str:
+    return _state.mode
+
+
+def set_device(device_id: int) -> None:
+    """Select the CUDA device used in GPU mode."""
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if not 0 <= device_id < count:
+            raise CaffeError(f"set_device: device {device_id} does not exist "
+                             f"({count} CUDA devices)")
+        torch.cuda.set_device(device_id)
+    _state.device_id = device_id
+
+
+def device() -> torch.device:
+    """The torch device that layer math runs on in the current mode."""
+    if _state.mode == GPU:
+        return torch.device("cuda", _state.device_id)
+    return torch.device("cpu")
+
+
+def set_random_seed(seed: int) -> None:
+    """Seed every random stream caffepy uses (fillers, dropout, data shuffling, crops)."""
+    _state.seed = int(seed)
+    _state.generators.clear()
+    torch.manual_seed(int(seed))
+    np.random.seed(int(seed) % (2**32))
+
+
+def generator(dev: torch.device | None = None) -> torch.Generator:
+    """The seeded torch generator for ``dev`` (default: the current mode's device)."""
+    dev = dev or device()
+    key = str(dev)
+    gen = _state.generators.get(key)
+    if gen is None:
+        gen = torch.Generator(device=dev)
+        if _state.seed is not None:
+            gen.manual_seed(_state.seed)
+        else:
+            gen.seed()
+        _state.generators[key] = gen
+    return gen
+
+
+def numpy_rng() -> np.random.Generator:
+    """A numpy generator drawn from the seeded torch stream (for host-side shuffles and crops)."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator(torch.device("cpu"))))
+    return np.random.default_rng(seed)
+
+
+def solver_count() -> int:
+    return _solver["count"]
+
+
+def set_solver_count(count: int) -> None:
+    _solver["count"] = int(count)
+
+
+def solver_rank() -> int:
+    return _solver["rank"]
+
+
+def set_solver_rank(rank: int) -> None:
+    _solver["rank"] = int(rank)
+
+
+def set_multiprocess(multiprocess: bool) -> None:
+    _solver["multiprocess"] = bool(multiprocess)
+
+
+def multiprocess() -> bool:
+    return _solver["multiprocess"]
+
+
+def root_solver() -> bool:
+    return _solver["rank"] == 0
+
+
+def has_nccl() -> bool:
+    return torch.cuda.is_available() and torch.distributed.is_nccl_available()

@@ -1,0 +1,378 @@
+"""Key-value databases of serialized Datums: LMDB and LevelDB (Caffe's util/db.hpp).
+
+``open_db(path, mode, backend)`` returns a ``DB``; ``db.new_cursor()`` walks the records in key
+order (``seek_to_first``, ``next``, ``key``, ``value``, ``valid``) and ``db.new_transaction()``
+buffers ``put``s until ``commit``. Modes are Caffe's: READ (must exist), WRITE (open or create),
+NEW (must not exist). Keys follow Caffe's convention ``%08d_<name>`` (``format_key``), so key
+order is insertion order.
+
+LMDB uses the ``lmdb`` package; LevelDB needs the optional ``plyvel`` package. A process can
+hold one handle per LMDB environment or LevelDB directory, so handles are shared and reference
+counted: two Data layers (a TRAIN and a TEST net) may read the same source.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+from caffe.errors import DataError
+
+READ = "read"
+WRITE = "write"
+NEW = "new"
+_MODES = {"r": READ, "read": READ, "w": WRITE, "write": WRITE, "n": NEW, "new": NEW}
+
+LMDB = "lmdb"
+LEVELDB = "leveldb"
+
+# Caffe starts LMDB small and doubles the map when a commit does not fit.
+_LMDB_INITIAL_MAP = 1 << 26
+
+
+def format_key(index: int, name: str = "") -> str:
+    """Caffe's record key ``%08d_<name>`` (``format_int(index, 8) + "_" + name``)."""
+    return f"{int(index):08d}_{name}"
+
+
+def backend_name(backend) -> str:
+    """Normalize a backend: 'lmdb'/'leveldb' (any case) or DataParameter.DB enum value."""
+    if isinstance(backend, int):
+        from caffe.proto import caffe_pb2
+
+        names = {caffe_pb2.DataParameter.LMDB: LMDB, caffe_pb2.DataParameter.LEVELDB: LEVELDB}
+        if backend not in names:
+            raise DataError(f"Unknown database backend {backend}")
+        return names[backend]
+    name = str(backend).lower()
+    if name not in (LMDB, LEVELDB):
+        raise DataError(f"Unknown database backend {backend!r} (expected 'lmdb' or 'leveldb')")
+    return name
+
+
+def _mode_name(mode) -> str:
+    try:
+        return _MODES[str(mode).lower()]
+    except KeyError:
+        raise DataError(f"Unknown database mode {mode!r} (expected READ, WRITE or NEW)") from None
+
+
+def open_db(path: str | os.PathLike, mode=READ, backend=LMDB) -> "DB":
+    """Open the database at ``path``; DataError names the path when it cannot be opened."""
+    name = backend_name(backend)
+    cls = LMDBDatabase if name == LMDB else LevelDBDatabase
+    return cls(os.fspath(path), _mode_name(mode))
+
+
+class Cursor:
+    """Walks records in key order; ``valid()`` is False past the last one."""
+
+    def seek_to_first(self) -> None:
+        raise NotImplementedError
+
+    def next(self) -> None:
+        raise NotImplementedError
+
+    def key(self) -> str:
+        return self.key_bytes().decode("utf-8", errors="surrogateescape")
+
+    def key_bytes(self) -> bytes:
+        raise NotImplementedError
+
+    def value(self) -> bytes:
+        raise NotImplementedError
+
+    def valid(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the cursor's read snapshot."""
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        """(key, value) pairs from the first record to the last."""
+        self.seek_to_first()
+        while self.valid():
+            yield self.key(), self.value()
+            self.next()
+
+
+class Transaction:
+    """Buffered writes, applied together by ``commit``."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[bytes, bytes]] = []
+
+    def put(self, key: str | bytes, value: bytes) -> None:
+        if isinstance(key, str):
+            key = key.encode("utf-8", errors="surrogateescape")
+        self._pending.append((key, bytes(value)))
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+
+class DB:
+    """An open database. Use as a context manager or call ``close``."""
+
+    backend = ""
+
+    def __init__(self, path: str, mode: str) -> None:
+        self.path = path
+        self.mode = mode
+        self._closed = True  # until a subclass holds its handle
+
+    def new_cursor(self) -> Cursor:
+        raise NotImplementedError
+
+    def new_transaction(self) -> Transaction:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "DB":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown may have torn modules down
+            pass
+
+    def _check_new(self) -> None:
+        if os.path.exists(self.path):
+            raise DataError(f"cannot create {self.backend} database {self.path!r}: the path "
+                            f"already exists (mode NEW)")
+
+
+class _SharedHandles:
+    """One open handle per real path, shared by reference count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: dict[str, list] = {}
+
+    def acquire(self, path: str, writable: bool, opener):
+        key = os.path.realpath(path)
+        with self._lock:
+            entry = self._handles.get(key)
+            if entry is not None:
+                if writable and not entry[2]:
+                    raise DataError(f"database {path!r} is already open read-only in this "
+                                    f"process; close its readers before writing")
+                entry[1] += 1
+                return entry[0]
+            handle = opener()
+            self._handles[key] = [handle, 1, writable]
+            return handle
+
+    def release(self, path: str, closer) -> None:
+        key = os.path.realpath(path)
+        with self._lock:
+            entry = self._handles.get(key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._handles[key]
+                closer(entry[0])
+
+
+_LMDB_ENVS = _SharedHandles()
+_LEVELDBS = _SharedHandles()
+
+
+# --- LMDB -----------------------------------------------------------------------------------
+class LMDBCursor(Cursor):
+    def __init__(self, env, path: str) -> None:
+        self._path = path
+        self._txn = env.begin(write=False, buffers=False)
+        self._cursor = self._txn.cursor()
+        self._valid = self._cursor.first()
+
+    def seek_to_first(self) -> None:
+        self._valid = self._cursor.first()
+
+    def next(self) -> None:
+        self._valid = self._cursor.next()
+
+    def key_bytes(self) -> bytes:
+        return self._cursor.key()
+
+    def value(self) -> bytes:
+        return self._cursor.value()
+
+    def valid(self) -> bool:
+        return self._valid
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._cursor.close()
+            self._txn.abort()
+            self._txn = None
+            self._valid = False
+
+
+class LMDBTransaction(Transaction):
+    def __init__(self, env) -> None:
+        super().__init__()
+        self._env = env
+
+    def commit(self) -> None:
+        import lmdb
+
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                # As Caffe: double the map and retry the whole batch.
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        self._pending.clear()
+
+
+class LMDBDatabase(DB):
+    backend = LMDB
+
+    def __init__(self, path: str, mode: str) -> None:
+        super().__init__(path, mode)
+        import lmdb
+
+        if mode == READ:
+            if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "data.mdb")):
+                raise DataError(f"cannot open lmdb database {path!r}: no such database "
+                                f"(expected a directory holding data.mdb)")
+        elif mode == NEW:
+            self._check_new()
+            os.makedirs(path)
+        else:
+            os.makedirs(path, exist_ok=True)
+        writable = mode != READ
+
+        def opener():
+            try:
+                if not writable:
+                    try:
+                        return lmdb.open(path, readonly=True, lock=True, max_readers=512)
+                    except lmdb.Error:
+                        # A read-only directory cannot hold the lock file (Caffe's
+                        # ALLOW_LMDB_NOLOCK fallback).
+                        return lmdb.open(path, readonly=True, lock=False)
+                return lmdb.open(path, map_size=_LMDB_INITIAL_MAP, max_readers=512)
+            except lmdb.Error as exc:
+                raise DataError(f"cannot open lmdb database {path!r}: {exc}") from None
+
+        self._env = _LMDB_ENVS.acquire(path, writable, opener)
+        self._closed = False
+
+    def new_cursor(self) -> LMDBCursor:
+        return LMDBCursor(self._env, self.path)
+
+    def new_transaction(self) -> LMDBTransaction:
+        if self.mode == READ:
+            raise DataError(f"lmdb database {self.path!r} was opened for READ; cannot write")
+        return LMDBTransaction(self._env)
+
+    def __len__(self) -> int:
+        return int(self._env.stat()["entries"])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _LMDB_ENVS.release(self.path, lambda env: env.close())
+
+
+# --- LevelDB --------------------------------------------------------------------------------
+def _plyvel():
+    try:
+        import plyvel
+    except ImportError:
+        raise DataError("the LevelDB backend needs the optional 'plyvel' package "
+                        "(pip install plyvel)") from None
+    return plyvel
+
+
+class LevelDBCursor(Cursor):
+    def __init__(self, db) -> None:
+        self._snapshot = db.snapshot()
+        self._it = self._snapshot.raw_iterator()
+        self._it.seek_to_first()
+
+    def seek_to_first(self) -> None:
+        self._it.seek_to_first()
+
+    def next(self) -> None:
+        self._it.next()
+
+    def key_bytes(self) -> bytes:
+        return self._it.key()
+
+    def value(self) -> bytes:
+        return self._it.value()
+
+    def valid(self) -> bool:
+        return self._it is not None and self._it.valid()
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+            self._snapshot.close()
+            self._it = None
+
+
+class LevelDBTransaction(Transaction):
+    def __init__(self, db) -> None:
+        super().__init__()
+        self._db = db
+
+    def commit(self) -> None:
+        with self._db.write_batch() as batch:
+            for key, value in self._pending:
+                batch.put(key, value)
+        self._pending.clear()
+
+
+class LevelDBDatabase(DB):
+    backend = LEVELDB
+
+    def __init__(self, path: str, mode: str) -> None:
+        super().__init__(path, mode)
+        plyvel = _plyvel()
+        if mode == READ and not os.path.isdir(path):
+            raise DataError(f"cannot open leveldb database {path!r}: no such database")
+        if mode == NEW:
+            self._check_new()
+        writable = mode != READ
+
+        def opener():
+            try:
+                return plyvel.DB(path, create_if_missing=writable, error_if_exists=mode == NEW,
+                                 block_size=65536, write_buffer_size=268435456,
+                                 max_open_files=100)
+            except (plyvel.Error, OSError) as exc:
+                raise DataError(f"cannot open leveldb database {path!r}: {exc}") from None
+
+        self._db = _LEVELDBS.acquire(path, writable, opener)
+        self._closed = False
+
+    def new_cursor(self) -> LevelDBCursor:
+        return LevelDBCursor(self._db)
+
+    def new_transaction(self) -> LevelDBTransaction:
+        if self.mode == READ:
+            raise DataError(f"leveldb database {self.path!r} was opened for READ; cannot write")
+        return LevelDBTransaction(self._db)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._db.iterator(include_value=False))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _LEVELDBS.release(self.path, lambda db: db.close())

@@ -1,0 +1,185 @@
+"""Shape arithmetic and N-d im2col shared by Convolution, Deconvolution, Im2col and Pooling.
+
+Caffe reads a window geometry from ``ConvolutionParameter`` either as repeated N-d fields
+(``kernel_size``, ``stride``, ``pad``, ``dilation``: given once for every spatial axis, or once per
+axis) or, in 2-D only, as ``kernel_h``/``kernel_w``, ``stride_h``/``stride_w``, ``pad_h``/``pad_w``.
+``conv_geometry`` applies Caffe's rules and CHECKs; the ``*_output_size`` functions are Caffe's
+formulas; ``im2col_nd``/``col2im_nd`` lay windows out as Caffe's column buffer does
+(rows: channel, then kernel offsets; columns: output positions).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Check = Callable[[bool, str], None]
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Per-spatial-axis kernel, stride, pad and dilation of a convolution-like window."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    pad: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    @property
+    def extent(self) -> tuple[int, ...]:
+        """Span of a dilated kernel: dilation * (kernel - 1) + 1."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+
+    @property
+    def is_1x1(self) -> bool:
+        return all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride) and \
+            all(p == 0 for p in self.pad)
+
+
+def canonical_axis(check: Check, blob, axis: int) -> int:
+    """``axis`` of ``blob`` made non-negative, with a range check naming the shape."""
+    n = blob.num_axes
+    check(-n <= axis < n, f"axis {axis} out of range for the {n}-D bottom shape "
+                          f"{list(blob.shape)}")
+    return axis % n
+
+
+def _per_axis(values: Sequence[int], default: int, field: str, num_spatial: int,
+              check: Check) -> list[int]:
+    n = len(values)
+    check(n in (0, 1, num_spatial),
+          f"{field} must be specified once, or once per spatial dimension ({field} specified "
+          f"{n} times; {num_spatial} spatial dims)")
+    if n == 0:
+        return [default] * num_spatial
+    return [int(values[0 if n == 1 else i]) for i in range(num_spatial)]
+
+
+def conv_geometry(param, num_spatial: int, check: Check) -> ConvGeometry:
+    """Read kernel/stride/pad/dilation from a ConvolutionParameter, with Caffe's checks."""
+    has = param.HasField
+    if has("kernel_h") or has("kernel_w"):
+        check(num_spatial == 2, f"kernel_h & kernel_w can only be used for 2D convolution "
+                                f"(input has {num_spatial} spatial axes)")
+        check(len(param.kernel_size) == 0,
+              "Either kernel_size or kernel_h/w should be specified; not both.")
+        kernel = [param.kernel_h, param.kernel_w]
+    else:
+        n = len(param.kernel_size)
+        check(n == num_spatial or (n == 1 and num_spatial > 0),
+              f"kernel_size must be specified once, or once per spatial dimension (kernel_size "
+              f"specified {n} times; {num_spatial} spatial dims)")
+        kernel = [int(param.kernel_size[0 if n == 1 else i]) for i in range(num_spatial)]
+    check(all(k > 0 for k in kernel), f"Filter dimensions must be nonzero (kernel {kernel}).")
+
+    if has("stride_h") or has("stride_w"):
+        check(num_spatial == 2, f"stride_h & stride_w can only be used for 2D convolution "
+                                f"(input has {num_spatial} spatial axes)")
+        check(len(param.stride) == 0,
+              "Either stride or stride_h/w should be specified; not both.")
+        stride = [param.stride_h, param.stride_w]
+    else:
+        stride = _per_axis(param.stride, 1, "stride", num_spatial, check)
+    check(all(s > 0 for s in stride), f"Stride dimensions must be nonzero (stride {stride}).")
+
+    if has("pad_h") or has("pad_w"):
+        check(num_spatial == 2, f"pad_h & pad_w can only be used for 2D convolution "
+                                f"(input has {num_spatial} spatial axes)")
+        check(len(param.pad) == 0, "Either pad or pad_h/w should be specified; not both.")
+        pad = [param.pad_h, param.pad_w]
+    else:
+        pad = _per_axis(param.pad, 0, "pad", num_spatial, check)
+
+    dilation = _per_axis(param.dilation, 1, "dilation", num_spatial, check)
+    check(all(d > 0 for d in dilation), f"Dilation dimensions must be nonzero "
+                                        f"(dilation {dilation}).")
+    return ConvGeometry(tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
+
+
+def conv_output_size(input_size: int, kernel: int, stride: int, pad: int,
+                     dilation: int = 1) -> int:
+    """Caffe's convolution/im2col output size: (in + 2 pad - extent) / stride + 1."""
+    extent = dilation * (kernel - 1) + 1
+    return (input_size + 2 * pad - extent) // stride + 1
+
+
+def deconv_output_size(input_size: int, kernel: int, stride: int, pad: int,
+                       dilation: int = 1) -> int:
+    """Caffe's deconvolution output size: stride (in - 1) + extent - 2 pad."""
+    extent = dilation * (kernel - 1) + 1
+    return stride * (input_size - 1) + extent - 2 * pad
+
+
+def pool_output_size(input_size: int, kernel: int, stride: int, pad: int,
+                     correct_last: bool) -> int:
+    """Caffe's pooling output size: ceil((in + 2 pad - kernel) / stride) + 1, minus one when
+    padding is on (``correct_last``) and the last window would start in the padding."""
+    out = int(math.ceil((input_size + 2 * pad - kernel) / stride)) + 1
+    if correct_last and (out - 1) * stride >= input_size + pad:
+        out -= 1
+    return out
+
+
+def check_conv_output(check: Check, spatial: Sequence[int], geom: ConvGeometry,
+                      what: str = "convolution") -> list[int]:
+    """Output sizes of a convolution over ``spatial``; every kernel must fit the padded input."""
+    out = []
+    for i, size in enumerate(spatial):
+        extent = geom.extent[i]
+        check(size + 2 * geom.pad[i] >= extent,
+              f"{what} kernel extent {extent} (kernel {geom.kernel[i]}, dilation "
+              f"{geom.dilation[i]}) is larger than the padded input size "
+              f"{size + 2 * geom.pad[i]} (input {size}, pad {geom.pad[i]}) on spatial axis {i}")
+        out.append(conv_output_size(size, geom.kernel[i], geom.stride[i], geom.pad[i],
+                                    geom.dilation[i]))
+    return out
+
+
+# --- N-d im2col / col2im ----------------------------------------------------------------------
+
+def im2col_nd(x: torch.Tensor, geom: ConvGeometry, out_spatial: Sequence[int]) -> torch.Tensor:
+    """(num, C, *in) -> a strided view (num, C, *kernel, *out) of the zero-padded input.
+
+    Element [n, c, k..., o...] is input[n, c, o * stride - pad + k * dilation] (zero outside).
+    Reshape it to (num, C * prod(kernel), *out) for Caffe's column layout.
+    """
+    nsp = len(geom.kernel)
+    pads: list[int] = []
+    for i in reversed(range(nsp)):
+        # Right padding sized so the last window fits exactly (negative: trailing rows unused).
+        right = (out_spatial[i] - 1) * geom.stride[i] + geom.extent[i] - x.shape[2 + i] \
+            - geom.pad[i]
+        pads += [geom.pad[i], right]
+    xp = F.pad(x, pads) if any(pads) else x
+    for i in range(nsp):
+        xp = xp.unfold(2 + i, geom.extent[i], geom.stride[i])
+    # Unfold appended the window axes after the output axes; keep every dilation-th tap.
+    taps = (slice(None),) * (2 + nsp) + tuple(slice(None, None, d) for d in geom.dilation)
+    xp = xp[taps]
+    order = [0, 1] + [2 + nsp + i for i in range(nsp)] + [2 + i for i in range(nsp)]
+    return xp.permute(order)
+
+
+def col2im_nd(col: torch.Tensor, geom: ConvGeometry, in_spatial: Sequence[int],
+              out: torch.Tensor) -> None:
+    """Adjoint of ``im2col_nd``: sum (num, C, *kernel, *out) columns back into ``out``
+    (num, C, *in), overwriting it."""
+    nsp = len(geom.kernel)
+    out_spatial = col.shape[2 + nsp:]
+    padded_shape = list(out.shape[:2]) + [
+        max(in_spatial[i] + geom.pad[i], (out_spatial[i] - 1) * geom.stride[i] +
+            geom.extent[i]) for i in range(nsp)]
+    acc = out.new_zeros(padded_shape)
+    for offsets in itertools.product(*(range(k) for k in geom.kernel)):
+        window = tuple(
+            slice(o * geom.dilation[i], o * geom.dilation[i] +
+                  (out_spatial[i] - 1) * geom.stride[i] + 1, geom.stride[i])
+            for i, o in enumerate(offsets))
+        acc[(slice(None), slice(None)) + window] += col[(slice(None), slice(None)) + offsets]
+    interior = tuple(slice(p, p + n) for p, n in zip(geom.pad, in_spatial))
+    out.copy_(acc[(slice(None), slice(None)) + interior])

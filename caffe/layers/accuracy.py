@@ -1,0 +1,82 @@
+"""Accuracy: the fraction of predictions whose true label is among the top-k scores."""
+
+from __future__ import annotations
+
+import torch
+
+from caffe.errors import CaffeError
+from caffe.layer import Layer, register
+from caffe.layers.loss import check_label_range, ignore_label_of, integer_labels
+
+
+@register("Accuracy")
+class AccuracyLayer(Layer):
+    """Caffe type ``Accuracy``; reads ``accuracy_param`` (``top_k`` default 1, ``axis`` default
+    1, ``ignore_label``).
+
+    Bottoms: scores (outer..., C, inner...) with C on ``axis``, labels (outer * inner values in
+    [0, C)). Tops: the scalar accuracy over non-ignored labels and, optionally, the per-class
+    accuracy (C). A label counts as hit when fewer than top_k classes rank ahead of it; ties
+    rank the larger class index first, as C++'s sort of (score, index) pairs does.
+    Has no backward: Caffe refuses to propagate a gradient through it.
+    """
+
+    exact_num_bottom = 2
+    min_top = 1
+    max_top = 2
+
+    def setup(self, bottom, top):
+        param = self.layer_param.accuracy_param
+        self.top_k = param.top_k
+        self.ignore_label = ignore_label_of(param)
+
+    def reshape(self, bottom, top):
+        self.check(bottom[1].count > 0 and self.top_k <= bottom[0].count // bottom[1].count,
+                   f"top_k must be less than or equal to the number of classes (top_k "
+                   f"{self.top_k}, prediction shape {list(bottom[0].shape)}, label shape "
+                   f"{list(bottom[1].shape)})")
+        try:
+            self.axis = bottom[0].canonical_axis_index(self.layer_param.accuracy_param.axis)
+        except CaffeError as err:
+            self.check(False, f"accuracy_param.axis: {err}")
+        self.outer_num = bottom[0].count_range(0, self.axis)
+        self.num_labels = bottom[0].shape[self.axis]
+        self.inner_num = bottom[0].count_range(self.axis + 1)
+        self.check(self.outer_num * self.inner_num == bottom[1].count,
+                   f"Number of labels must match number of predictions; e.g., if label axis "
+                   f"== 1 and prediction shape is (N, C, H, W), label count (number of labels) "
+                   f"must be N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
+                   f"{list(bottom[0].shape)}, label shape {list(bottom[1].shape)})")
+        top[0].reshape([])
+        if len(top) > 1:
+            top[1].reshape([self.num_labels])
+
+    def forward(self, bottom, top):
+        scores = bottom[0].device_data().view(self.outer_num, self.num_labels, self.inner_num)
+        labels = integer_labels(bottom[1].device_data()).view(self.outer_num, 1, self.inner_num)
+        valid = None if self.ignore_label is None else labels != self.ignore_label
+        check_label_range(self, labels, valid, self.num_labels)
+        safe = labels if valid is None else labels.masked_fill(~valid, 0)
+        true_score = scores.gather(1, safe)
+        index = torch.arange(self.num_labels, device=scores.device).view(1, -1, 1)
+        ahead = (scores > true_score) | ((scores == true_score) & (index > safe))
+        hit = ahead.sum(dim=1, keepdim=True) < self.top_k
+        if valid is not None:
+            hit &= valid
+        count = safe.numel() if valid is None else valid.sum()
+        accuracy = hit.sum().to(scores.dtype)
+        # No valid label at all gives 0 rather than 0/0.
+        top[0].mutable_device_data().copy_(accuracy / torch.as_tensor(count).clamp_min(1))
+        if len(top) > 1:
+            flat = safe.reshape(-1)
+            totals = torch.zeros(self.num_labels, dtype=scores.dtype, device=scores.device)
+            weights = (torch.ones_like(flat, dtype=scores.dtype) if valid is None
+                       else valid.reshape(-1).to(scores.dtype))
+            totals.index_add_(0, flat, weights)
+            hits = torch.zeros_like(totals).index_add_(0, flat, hit.reshape(-1).to(scores.dtype))
+            per_class = top[1].mutable_device_data()
+            torch.where(totals == 0, torch.zeros_like(totals), hits / totals.clamp_min(1),
+                        out=per_class)
+
+    def backward(self, top, propagate_down, bottom):
+        self.check(not any(propagate_down), "Accuracy has no backward (Caffe: Not Implemented)")

@@ -1,0 +1,98 @@
+"""Python: a layer whose class the prototxt names (python_param { module layer param_str }).
+
+The class must derive from ``caffe.Layer`` and implement ``setup``, ``reshape``, ``forward`` and
+``backward`` over numpy views (``bottom[0].data``, ``top[0].diff``...), as in pycaffe. An
+exception raised inside it surfaces as a CaffeError naming the layer, module and method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from caffe.errors import CaffeError, LayerError
+from caffe.layer import Layer, register
+
+
+class PythonLayer(Layer):
+    """Base class of user layers (exported as ``caffe.Layer``).
+
+    ``self.param_str``, ``self.phase`` and ``self.blobs`` are set before ``setup`` runs;
+    ``self.add_blob(*shape)`` appends a parameter blob.
+    """
+
+    type_name = "Python"
+
+    def __init__(self, param, dtype=None) -> None:
+        import torch
+
+        super().__init__(param, dtype or torch.float32)
+        self.param_str = param.python_param.param_str
+
+    def add_blob(self, *shape) -> None:
+        """Append a learnable blob of ``shape`` (pycaffe's Layer.blobs.add_blob)."""
+        from caffe.blob import Blob
+
+        self.blobs.append(Blob([int(s) for s in shape], dtype=self.dtype))
+        self.param_propagate_down.append(True)
+
+    def _call(self, method: str, *args):
+        try:
+            return getattr(self, method)(*args)
+        except CaffeError:
+            raise
+        except Exception as exc:
+            py = self.layer_param.python_param
+            raise LayerError(f"Python layer {self.name!r} ({py.module}.{py.layer}) raised in "
+                             f"{method}(): {type(exc).__name__}: {exc}") from exc
+
+    def SetUp(self, bottom, top) -> None:  # noqa: N802
+        self.check_blob_counts(bottom, top)
+        self._call("setup", bottom, top)
+        if len(self.param_propagate_down) < len(self.blobs):
+            self.param_propagate_down += [True] * (len(self.blobs) - len(self.param_propagate_down))
+        self._call("reshape", bottom, top)
+        self.set_loss_weights(top)
+
+    def Forward(self, bottom, top) -> float:  # noqa: N802
+        self._call("reshape", bottom, top)
+        self._call("forward", bottom, top)
+        return self._weighted_loss(top)
+
+    def Backward(self, top, propagate_down, bottom) -> None:  # noqa: N802
+        self._call("backward", top, list(propagate_down), bottom)
+
+    def _weighted_loss(self, top) -> float:
+        loss = 0.0
+        for i, weight in enumerate(self.loss_weights):
+            if weight:
+                loss += float((top[i].cpu_data() * top[i].cpu_diff()).sum())
+        return loss
+
+    def forward(self, bottom, top) -> None:
+        raise NotImplementedError(f"Python layer {self.name!r} does not implement forward()")
+
+
+@register("Python")
+def create_python_layer(param, dtype=None) -> Layer:
+    """Import ``python_param.module`` and instantiate its ``python_param.layer`` class."""
+    py = param.python_param
+    if not py.module or not py.layer:
+        raise LayerError(f"Python layer {param.name!r}: python_param needs both 'module' and "
+                         f"'layer' (got module={py.module!r}, layer={py.layer!r})")
+    try:
+        module = importlib.import_module(py.module)
+    except ImportError as exc:
+        raise LayerError(f"Python layer {param.name!r}: cannot import module {py.module!r} "
+                         f"({exc}); is its folder on PYTHONPATH? sys.path = {sys.path[:4]}...") \
+            from exc
+    cls = getattr(module, py.layer, None)
+    if cls is None:
+        raise LayerError(f"Python layer {param.name!r}: module {py.module!r} has no class "
+                         f"{py.layer!r}")
+    if not (isinstance(cls, type) and issubclass(cls, PythonLayer)):
+        raise LayerError(f"Python layer {param.name!r}: {py.module}.{py.layer} must be a class "
+                         f"derived from caffe.Layer")
+    layer = cls(param) if dtype is None else cls(param, dtype)
+    layer.type_name = "Python"
+    return layer

@@ -1,0 +1,828 @@
+"""Net: a graph of layers built from a NetParameter, with Caffe's Init and run-time semantics.
+
+Building follows C++ Caffe: upgrade legacy formats, filter layers by NetState, insert Split
+layers where one top feeds several bottoms, then for each layer link bottoms, create tops
+(in place when a top reuses its bottom's name), set it up, record loss weights and share
+parameters named in ParamSpec; finally work out which layers need backward.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from caffe.blob import Blob
+from caffe.errors import CaffeError, NetError
+from caffe.layer import Layer, create_layer
+from caffe.proto import caffe_pb2
+
+log = logging.getLogger("caffe")
+
+
+# --- NetState filtering -----------------------------------------------------------------------
+def state_meets_rule(state, rule, layer_name: str = "") -> bool:
+    """Whether a NetState satisfies one NetStateRule (phase, level range, stages)."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """Keep the layers whose include/exclude rules admit the net's state."""
+    filtered = caffe_pb2.NetParameter()
+    filtered.CopyFrom(param)
+    del filtered.layer[:]
+    for layer in param.layer:
+        if len(layer.include) and len(layer.exclude):
+            raise NetError(f"layer {layer.name!r}: specify either include rules or exclude rules; "
+                           f"not both")
+        included = len(layer.include) == 0
+        if any(state_meets_rule(param.state, r, layer.name) for r in layer.exclude):
+            included = False
+        if any(state_meets_rule(param.state, r, layer.name) for r in layer.include):
+            included = True
+        if included:
+            filtered.layer.add().CopyFrom(layer)
+    return filtered
+
+
+# --- Split insertion ----------------------------------------------------------------------------
+def split_layer_name(layer_name: str, blob_name: str, top_index: int) -> str:
+    return f"{blob_name}_{layer_name}_{top_index}_split"
+
+
+def split_blob_name(layer_name: str, blob_name: str, top_index: int, split_index: int) -> str:
+    return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
+
+
+def insert_splits(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
+    """Route every top consumed more than once (a loss use counts) through a Split layer,
+    with Caffe's split layer and blob names."""
+    last_top: dict[str, tuple[int, int]] = {}
+    source_of: dict[tuple[int, int], tuple[int, int]] = {}
+    uses: dict[tuple[int, int], int] = {}
+    loss_weight_of: dict[tuple[int, int], float] = {}
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_top:
+                raise NetError(f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom "
+                               f"index {j}); blobs available at this point: "
+                               f"{sorted(last_top) or 'none'}")
+            source_of[(i, j)] = last_top[name]
+            uses[last_top[name]] = uses.get(last_top[name], 0) + 1
+        for j, name in enumerate(layer.top):
+            last_top[name] = (i, j)
+        for j in range(min(len(layer.loss_weight), len(layer.top))):
+            idx = last_top[layer.top[j]]
+            loss_weight_of[idx] = layer.loss_weight[j]
+            if layer.loss_weight[j]:
+                uses[idx] = uses.get(idx, 0) + 1
+
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    next_split: dict[tuple[int, int], int] = {}
+    for i, src in enumerate(param.layer):
+        layer = out.layer.add()
+        layer.CopyFrom(src)
+        for j in range(len(layer.bottom)):
+            idx = source_of[(i, j)]
+            if uses.get(idx, 0) > 1:
+                producer = param.layer[idx[0]].name
+                k = next_split.get(idx, 0)
+                next_split[idx] = k + 1
+                layer.bottom[j] = split_blob_name(producer, layer.bottom[j], idx[1], k)
+        for j, name in enumerate(src.top):
+            idx = (i, j)
+            count = uses.get(idx, 0)
+            if count <= 1:
+                continue
+            weight = loss_weight_of.get(idx, 0.0)
+            split = out.layer.add()
+            split.name = split_layer_name(src.name, name, j)
+            split.type = "Split"
+            split.bottom.append(name)
+            for k in range(count):
+                split.top.append(split_blob_name(src.name, name, j, k))
+                if weight:
+                    split.loss_weight.append(weight if k == 0 else 0.0)
+            if weight:
+                del layer.loss_weight[:]
+                next_split[idx] = next_split.get(idx, 0) + 1
+    return out
+
+
+# --- The Net --------------------------------------------------------------------------------------
+class Net:
+    """Caffe's Net with pycaffe's Python interface.
+
+    ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
+    ``Net(prototxt, phase, level=0, stages=[...], weights=...)``; ``prototxt`` may also be a
+    NetParameter.
+    """
+
+    def __init__(self, network_file, *args, level: int = 0, stages: Sequence[str] = (),
+                 weights: str | None = None, phase: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        args = list(args)
+        if args and isinstance(args[0], (str, os.PathLike)):
+            weights = args.pop(0)
+        if args:
+            phase = args.pop(0)
+        if args:
+            raise CaffeError(f"Net(): unexpected extra arguments {args!r}")
+        if phase is None:
+            raise CaffeError("Net(): a phase is required: caffe.Net(prototxt, caffe.TEST) or "
+                             "caffe.Net(prototxt, weights, caffe.TEST)")
+        if phase not in (caffe_pb2.TRAIN, caffe_pb2.TEST):
+            raise CaffeError(f"Net(): phase must be caffe.TRAIN or caffe.TEST, got {phase!r}")
+        if isinstance(network_file, caffe_pb2.NetParameter):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(network_file)
+            from caffe.upgrade import upgrade_net_as_needed
+
+            param = upgrade_net_as_needed(param, "<NetParameter>")
+            self.source = "<NetParameter>"
+        else:
+            from caffe.protoio import read_net_param
+
+            param = read_net_param(network_file)
+            self.source = os.fspath(network_file)
+        param.state.phase = phase
+        param.state.level = level
+        del param.state.stage[:]
+        param.state.stage.extend(stages)
+        self.dtype = dtype
+        self.init(param)
+        if weights:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------------------------------
+    def init(self, in_param: caffe_pb2.NetParameter) -> None:
+        """Build the net (Caffe's Net::Init)."""
+        self.phase = in_param.state.phase
+        filtered = filter_net(in_param)
+        param = insert_splits(filtered)
+        self.name = param.name
+        self.param = param
+        self.debug_info = param.debug_info
+        self.layers: list[Layer] = []
+        self._layer_names: list[str] = []
+        self.layer_names_index: dict[str, int] = {}
+        self._blobs: list[Blob] = []
+        self._blob_names: list[str] = []
+        self.blob_names_index: dict[str, int] = {}
+        self.blob_need_backward: list[bool] = []
+        self.bottom_vecs: list[list[Blob]] = []
+        self.bottom_id_vecs: list[list[int]] = []
+        self.bottom_need_backward: list[list[bool]] = []
+        self.top_vecs: list[list[Blob]] = []
+        self.top_id_vecs: list[list[int]] = []
+        self.layer_need_backward: list[bool] = []
+        self.blob_loss_weights_list: list[float] = []
+        self._inputs: list[int] = []
+        self._outputs: list[int] = []
+        self.params_list: list[Blob] = []
+        self.param_id_vecs: list[list[int]] = []
+        self.param_owners: list[int] = []
+        self.param_display_names: list[str] = []
+        self.param_layer_indices: list[tuple[int, int]] = []
+        self.param_names_index: dict[str, int] = {}
+        self.learnable_params: list[Blob] = []
+        self.learnable_param_ids: list[int] = []
+        self.params_lr: list[float] = []
+        self.has_params_lr: list[bool] = []
+        self.params_weight_decay: list[float] = []
+        self.has_params_decay: list[bool] = []
+
+        available: dict[str, int] = {}
+        for layer_id, lp in enumerate(param.layer):
+            if not lp.HasField("phase"):
+                lp.phase = self.phase
+            layer = self._create(lp)
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            if lp.name in self.layer_names_index:
+                log.warning("duplicate layer name %r in net %r", lp.name, self.name)
+            self.layer_names_index.setdefault(lp.name, layer_id)
+            if len(lp.propagate_down) not in (0, len(lp.bottom)):
+                raise NetError(f"layer {lp.name!r}: propagate_down param must be specified "
+                               f"either 0 or bottom_size times ({len(lp.propagate_down)} given "
+                               f"for {len(lp.bottom)} bottoms)")
+            self.bottom_vecs.append([])
+            self.bottom_id_vecs.append([])
+            self.bottom_need_backward.append([])
+            self.top_vecs.append([])
+            self.top_id_vecs.append([])
+            need_backward = False
+            for j, name in enumerate(lp.bottom):
+                blob_id = self._append_bottom(lp, layer_id, j, name, available)
+                need_backward |= self.blob_need_backward[blob_id]
+            for j, name in enumerate(lp.top):
+                self._append_top(lp, layer_id, j, name, available)
+            # Layers that make their own tops (e.g. DummyData declaring auto tops).
+            self._log_setup(layer, lp)
+            try:
+                layer.SetUp(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
+            except CaffeError:
+                raise
+            except Exception as exc:  # a bug or bad input surfacing from torch/numpy
+                raise NetError(f"layer {lp.name!r} (type {lp.type}) failed to set up with bottom "
+                               f"shapes {[list(b.shape) for b in self.bottom_vecs[layer_id]]}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+            for j, blob_id in enumerate(self.top_id_vecs[layer_id]):
+                weight = layer.loss(j)
+                self.blob_loss_weights_list[blob_id] = weight
+                top = self._blobs[blob_id]
+                log.info("Top shape: %s", top.shape_string())
+                if weight:
+                    log.info("    with loss weight %g", weight)
+            n_blobs = len(layer.blobs)
+            if len(lp.param) > n_blobs:
+                raise NetError(f"Too many params specified for layer {lp.name!r} "
+                               f"({len(lp.param)} param specs, {n_blobs} parameter blobs)")
+            self.param_id_vecs.append([])
+            for pid in range(n_blobs):
+                spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
+                param_need_backward = spec.lr_mult != 0
+                need_backward |= param_need_backward
+                layer.param_propagate_down[pid] = param_need_backward
+                self._append_param(lp, layer_id, pid)
+            self.layer_need_backward.append(need_backward)
+            if need_backward:
+                for blob_id in self.top_id_vecs[layer_id]:
+                    self.blob_need_backward[blob_id] = True
+
+        self._prune_backward(param)
+        for name in available:
+            log.info("This network produces output %s", name)
+        self._outputs = [self.blob_names_index[name] for name in available]
+        self._share_weights()
+        log.info("Network initialization done.")
+
+    def _create(self, lp) -> Layer:
+        log.info("Creating Layer %s", lp.name)
+        try:
+            return create_layer(lp, dtype=self.dtype)
+        except CaffeError as exc:
+            raise type(exc)(f"{self.source}: {exc}") from None
+
+    def _log_setup(self, layer: Layer, lp) -> None:
+        for name in lp.bottom:
+            log.info("%s <- %s", lp.name, name)
+        for name in lp.top:
+            log.info("%s -> %s", lp.name, name)
+        log.info("Setting up %s", lp.name)
+
+    def _append_bottom(self, lp, layer_id: int, j: int, name: str, available: dict) -> int:
+        if name not in available:
+            raise NetError(f"{self.source}: Unknown bottom blob '{name}' (layer '{lp.name}', "
+                           f"bottom index {j})")
+        blob_id = available.pop(name)
+        self.bottom_vecs[layer_id].append(self._blobs[blob_id])
+        self.bottom_id_vecs[layer_id].append(blob_id)
+        propagate = len(lp.propagate_down) == 0 or lp.propagate_down[j]
+        self.bottom_need_backward[layer_id].append(self.blob_need_backward[blob_id] and propagate)
+        return blob_id
+
+    def _append_top(self, lp, layer_id: int, j: int, name: str, available: dict) -> None:
+        if j < len(lp.bottom) and name == lp.bottom[j]:
+            log.info("%s -> %s (in-place)", lp.name, name)
+            blob_id = self.blob_names_index[name]
+        elif name in self.blob_names_index:
+            raise NetError(f"{self.source}: Top blob '{name}' produced by multiple sources "
+                           f"(layer '{lp.name}', top index {j})")
+        else:
+            blob_id = len(self._blobs)
+            self._blobs.append(Blob(dtype=self.dtype))
+            self._blob_names.append(name)
+            self.blob_names_index[name] = blob_id
+            self.blob_need_backward.append(False)
+            self.blob_loss_weights_list.append(0.0)
+            if lp.type == "Input":
+                self._inputs.append(blob_id)
+        self.top_vecs[layer_id].append(self._blobs[blob_id])
+        self.top_id_vecs[layer_id].append(blob_id)
+        available[name] = blob_id
+
+    def _append_param(self, lp, layer_id: int, pid: int) -> None:
+        spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
+        name = spec.name
+        self.param_display_names.append(name or str(pid))
+        net_param_id = len(self.params_list)
+        blob = self.layers[layer_id].blobs[pid]
+        self.params_list.append(blob)
+        self.param_id_vecs[layer_id].append(net_param_id)
+        self.param_layer_indices.append((layer_id, pid))
+        if not name or name not in self.param_names_index:
+            self.param_owners.append(-1)
+            if name:
+                self.param_names_index[name] = net_param_id
+            self.learnable_param_ids.append(len(self.learnable_params))
+            self.learnable_params.append(blob)
+            self.has_params_lr.append(spec.HasField("lr_mult"))
+            self.has_params_decay.append(spec.HasField("decay_mult"))
+            self.params_lr.append(spec.lr_mult)
+            self.params_weight_decay.append(spec.decay_mult)
+            return
+        owner_id = self.param_names_index[name]
+        self.param_owners.append(owner_id)
+        owner_layer, owner_pid = self.param_layer_indices[owner_id]
+        owner_blob = self.layers[owner_layer].blobs[owner_pid]
+        owner_name = self._layer_names[owner_layer]
+        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+            if owner_blob.count != blob.count:
+                raise NetError(
+                    f"Cannot share param '{name}' owned by layer '{owner_name}' with layer "
+                    f"'{lp.name}'; count mismatch. Owner layer param shape is "
+                    f"{owner_blob.shape_string()}; sharing layer shape is {blob.shape_string()}")
+        elif owner_blob.shape != blob.shape:
+            raise NetError(
+                f"Cannot share param '{name}' owned by layer '{owner_name}' with layer "
+                f"'{lp.name}'; shape mismatch. Owner layer param shape is "
+                f"{owner_blob.shape_string()}; sharing layer expects shape {blob.shape_string()}")
+        learnable_id = self.learnable_param_ids[owner_id]
+        self.learnable_param_ids.append(learnable_id)
+        if spec.HasField("lr_mult"):
+            if self.has_params_lr[learnable_id]:
+                if spec.lr_mult != self.params_lr[learnable_id]:
+                    raise NetError(f"Shared param '{name}' has mismatched lr_mult "
+                                   f"(layer '{lp.name}': {spec.lr_mult}, owner '{owner_name}': "
+                                   f"{self.params_lr[learnable_id]})")
+            else:
+                self.has_params_lr[learnable_id] = True
+                self.params_lr[learnable_id] = spec.lr_mult
+        if spec.HasField("decay_mult"):
+            if self.has_params_decay[learnable_id]:
+                if spec.decay_mult != self.params_weight_decay[learnable_id]:
+                    raise NetError(f"Shared param '{name}' has mismatched decay_mult "
+                                   f"(layer '{lp.name}': {spec.decay_mult}, owner "
+                                   f"'{owner_name}': {self.params_weight_decay[learnable_id]})")
+            else:
+                self.has_params_decay[learnable_id] = True
+                self.params_weight_decay[learnable_id] = spec.decay_mult
+
+    def _prune_backward(self, param) -> None:
+        """Turn off backward for layers that do not contribute to any loss, and for bottoms
+        whose gradient nobody needs; then apply force_backward."""
+        under_loss: set[str] = set()
+        skip_backprop: set[str] = set()
+        for layer_id in reversed(range(len(self.layers))):
+            layer = self.layers[layer_id]
+            contributes = False
+            skip_propagate = True
+            for j, blob_id in enumerate(self.top_id_vecs[layer_id]):
+                name = self._blob_names[blob_id]
+                if layer.loss(j) or name in under_loss:
+                    contributes = True
+                if name not in skip_backprop:
+                    skip_propagate = False
+                if contributes and not skip_propagate:
+                    break
+            if self.layer_need_backward[layer_id] and skip_propagate:
+                self.layer_need_backward[layer_id] = False
+                self.bottom_need_backward[layer_id] = [False] * len(self.bottom_vecs[layer_id])
+            if not contributes:
+                self.layer_need_backward[layer_id] = False
+            lname = self._layer_names[layer_id]
+            if self.layer_need_backward[layer_id]:
+                log.info("%s needs backward computation.", lname)
+            else:
+                log.info("%s does not need backward computation.", lname)
+            for j, blob_id in enumerate(self.bottom_id_vecs[layer_id]):
+                name = self._blob_names[blob_id]
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[layer_id][j] = False
+                if not self.bottom_need_backward[layer_id][j]:
+                    skip_backprop.add(name)
+        if param.force_backward:
+            for layer_id, layer in enumerate(self.layers):
+                self.layer_need_backward[layer_id] = True
+                for j, blob_id in enumerate(self.bottom_id_vecs[layer_id]):
+                    need = self.bottom_need_backward[layer_id][j] or layer.allow_force_backward(j)
+                    self.bottom_need_backward[layer_id][j] = need
+                    self.blob_need_backward[blob_id] |= need
+                layer.param_propagate_down = [True] * len(layer.blobs)
+
+    def _share_weights(self) -> None:
+        for i, owner in enumerate(self.param_owners):
+            if owner >= 0:
+                self.params_list[i].share_data(self.params_list[owner])
+                self.params_list[i].share_diff(self.params_list[owner])
+
+    # --- running -----------------------------------------------------------------------------
+    def _layer_index(self, index_or_name, what: str) -> int:
+        if isinstance(index_or_name, str):
+            if index_or_name not in self.layer_names_index:
+                raise NetError(f"{what}: unknown layer {index_or_name!r}")
+            return self.layer_names_index[index_or_name]
+        return int(index_or_name)
+
+    def forward_from_to(self, start: int, end: int) -> float:
+        """Forward layers start..end inclusive; returns the summed weighted loss."""
+        if not 0 <= start <= end < len(self.layers):
+            raise NetError(f"forward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer = self.layers[i]
+            try:
+                loss += layer.Forward(self.bottom_vecs[i], self.top_vecs[i])
+            except CaffeError:
+                raise
+            except Exception as exc:
+                shapes = [list(b.shape) for b in self.bottom_vecs[i]]
+                raise NetError(f"layer {layer.name!r} (type {layer.type}) failed in forward with "
+                               f"bottom shapes {shapes}: {type(exc).__name__}: {exc}") from exc
+            if self.debug_info:
+                self._forward_debug_info(i)
+        return loss
+
+    def backward_from_to(self, start: int, end: int) -> None:
+        """Backward layers start down to end inclusive (start >= end)."""
+        if not 0 <= end <= start < len(self.layers):
+            raise NetError(f"backward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                layer = self.layers[i]
+                try:
+                    layer.Backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                   self.bottom_vecs[i])
+                except CaffeError:
+                    raise
+                except Exception as exc:
+                    shapes = [list(t.shape) for t in self.top_vecs[i]]
+                    raise NetError(f"layer {layer.name!r} (type {layer.type}) failed in backward "
+                                   f"with top shapes {shapes}: {type(exc).__name__}: {exc}") \
+                        from exc
+                if self.debug_info:
+                    self._backward_debug_info(i)
+
+    def forward_prefilled(self) -> float:
+        """Forward the whole net; returns the loss (Caffe's Forward(&loss))."""
+        return self.forward_from_to(0, len(self.layers) - 1)
+
+    def backward_all(self) -> None:
+        """Backward the whole net (Caffe's Backward)."""
+        self.backward_from_to(len(self.layers) - 1, 0)
+        if self.debug_info:
+            asum_data = sum(b.asum_data() for b in self.learnable_params)
+            asum_diff = sum(b.asum_diff() for b in self.learnable_params)
+            sumsq_data = sum(b.sumsq_data() for b in self.learnable_params)
+            sumsq_diff = sum(b.sumsq_diff() for b in self.learnable_params)
+            log.info("    [Backward] All net params (data, diff): L1 norm = (%g, %g); "
+                     "L2 norm = (%g, %g)", asum_data, asum_diff, sumsq_data ** 0.5,
+                     sumsq_diff ** 0.5)
+
+    def forward_backward(self) -> float:
+        loss = self.forward_prefilled()
+        self.backward_all()
+        return loss
+
+    def clear_param_diffs(self) -> None:
+        for blob in self.learnable_params:
+            if blob.count:
+                blob.mutable_device_diff().zero_()
+
+    def update(self) -> None:
+        """data -= diff for every learnable parameter (shared ones once, through the owner)."""
+        for blob in self.learnable_params:
+            blob.update()
+
+    def reshape(self) -> None:
+        """Propagate input shape changes through every layer."""
+        for i, layer in enumerate(self.layers):
+            layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
+
+    def _forward_debug_info(self, layer_id: int) -> None:
+        name = self._layer_names[layer_id]
+        for blob_id, top in zip(self.top_id_vecs[layer_id], self.top_vecs[layer_id]):
+            log.info("    [Forward] Layer %s, top blob %s data: %g", name,
+                     self._blob_names[blob_id], top.asum_data() / max(top.count, 1))
+        for pid, blob in enumerate(self.layers[layer_id].blobs):
+            net_pid = self.param_id_vecs[layer_id][pid]
+            log.info("    [Forward] Layer %s, param blob %s data: %g", name,
+                     self.param_display_names[net_pid], blob.asum_data() / max(blob.count, 1))
+
+    def _backward_debug_info(self, layer_id: int) -> None:
+        name = self._layer_names[layer_id]
+        for j, bottom in enumerate(self.bottom_vecs[layer_id]):
+            if self.bottom_need_backward[layer_id][j]:
+                blob_name = self._blob_names[self.bottom_id_vecs[layer_id][j]]
+                log.info("    [Backward] Layer %s, bottom blob %s diff: %g", name, blob_name,
+                         bottom.asum_diff() / max(bottom.count, 1))
+        for pid, blob in enumerate(self.layers[layer_id].blobs):
+            if self.layers[layer_id].param_propagate_down[pid]:
+                log.info("    [Backward] Layer %s, param blob %d diff: %g", name, pid,
+                         blob.asum_diff() / max(blob.count, 1))
+
+    # --- weights in and out ---------------------------------------------------------------------
+    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, origin: str = "") -> None:
+        """Copy parameters layer by layer, matched by name (Caffe's CopyTrainedLayersFrom)."""
+        where = f" from {origin}" if origin else ""
+        source_layers = source.layer
+        if not len(source_layers) and len(source.layers):
+            from caffe.upgrade import upgrade_net_as_needed
+
+            source = upgrade_net_as_needed(source, origin or "<weights>")
+            source_layers = source.layer
+        for src in source_layers:
+            target_id = self.layer_names_index.get(src.name)
+            if target_id is None:
+                log.info("Ignoring source layer %s", src.name)
+                continue
+            log.debug("Copying source layer %s", src.name)
+            targets = self.layers[target_id].blobs
+            if len(targets) != len(src.blobs):
+                raise NetError(f"Incompatible number of blobs for layer {src.name}{where}: "
+                               f"source has {len(src.blobs)}, target expects {len(targets)}")
+            for j, (target, proto) in enumerate(zip(targets, src.blobs)):
+                if not target.shape_equals(proto):
+                    from caffe.blob import proto_shape
+
+                    src_shape = proto_shape(proto)
+                    raise NetError(
+                        f"Cannot copy param {j} weights from layer '{src.name}'{where}; shape "
+                        f"mismatch. Source param shape is {' '.join(map(str, src_shape))}; "
+                        f"target param shape is {target.shape_string()}. To learn this layer's "
+                        f"parameters from scratch rather than copying from a saved net, rename "
+                        f"the layer.")
+                target.from_proto(proto, reshape=False)
+
+    def copy_from(self, filename: str) -> None:
+        """Load weights from a binary or HDF5 .caffemodel (pycaffe's copy_from)."""
+        filename = os.fspath(filename)
+        if filename.endswith((".h5", ".hdf5")):
+            self.load_hdf5(filename)
+            return
+        from caffe.protoio import read_binary_proto
+
+        param = read_binary_proto(filename, caffe_pb2.NetParameter(), "caffemodel")
+        self.copy_trained_layers_from(param, filename)
+
+    def share_with(self, other: Net) -> None:
+        """Share parameter data with ``other`` by layer name (ShareTrainedLayersWith)."""
+        for i, layer in enumerate(other.layers):
+            name = other._layer_names[i]
+            target_id = self.layer_names_index.get(name)
+            if target_id is None:
+                continue
+            targets = self.layers[target_id].blobs
+            if len(targets) != len(layer.blobs):
+                raise NetError(f"Incompatible number of blobs for layer {name}")
+            for j, (target, src) in enumerate(zip(targets, layer.blobs)):
+                if target.shape != src.shape:
+                    raise NetError(f"Cannot share param {j} weights from layer '{name}'; shape "
+                                   f"mismatch. Source param shape is {src.shape_string()}; "
+                                   f"target param shape is {target.shape_string()}")
+                target.share_data(src)
+
+    def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
+        """The net's layers with their current blobs (Caffe's Net::ToProto)."""
+        param = caffe_pb2.NetParameter()
+        param.name = self.name
+        for layer in self.layers:
+            param.layer.add().CopyFrom(layer.to_proto(write_diff))
+        return param
+
+    def save(self, filename: str, write_diff: bool = False) -> None:
+        """Write a binary .caffemodel atomically."""
+        from caffe.protoio import write_binary_proto
+
+        write_binary_proto(filename, self.to_proto(write_diff))
+
+    def save_hdf5(self, filename: str, write_diff: bool = False) -> None:
+        """Write weights in Caffe's HDF5 layout: /data/<layer>/<i> (and /diff/...)."""
+        import h5py
+
+        from caffe.protoio import atomic_output
+
+        with atomic_output(filename) as tmp, h5py.File(tmp, "w") as f:
+            data = f.create_group("data")
+            diff = f.create_group("diff") if write_diff else None
+            for layer_id, layer in enumerate(self.layers):
+                name = self._layer_names[layer_id]
+                gdata = data.create_group(name)
+                gdiff = diff.create_group(name) if diff is not None else None
+                for pid, blob in enumerate(layer.blobs):
+                    net_pid = self.param_id_vecs[layer_id][pid]
+                    if self.param_owners[net_pid] == -1:
+                        gdata.create_dataset(str(pid), data=blob.cpu_data())
+                    if gdiff is not None:
+                        gdiff.create_dataset(str(pid), data=blob.cpu_diff())
+
+    def load_hdf5(self, filename: str) -> None:
+        """Load weights from Caffe's HDF5 layout."""
+        import h5py
+
+        if not os.path.exists(filename):
+            raise CaffeError(f"weights file not found: {filename!r}")
+        with h5py.File(filename, "r") as f:
+            if "data" not in f:
+                raise NetError(f"Error reading weights from {filename}: no /data group")
+            data = f["data"]
+            for name in data:
+                target_id = self.layer_names_index.get(name)
+                if target_id is None:
+                    log.info("Ignoring source layer %s", name)
+                    continue
+                group = data[name]
+                targets = self.layers[target_id].blobs
+                if len(group) > len(targets):
+                    raise NetError(f"Incompatible number of blobs for layer {name} in "
+                                   f"{filename}: {len(group)} datasets, {len(targets)} blobs")
+                for j, target in enumerate(targets):
+                    net_pid = self.param_id_vecs[target_id][j]
+                    if str(j) not in group:
+                        if self.param_owners[net_pid] != -1:
+                            continue
+                        raise NetError(f"Incompatible number of blobs for layer {name} in "
+                                       f"{filename}: dataset {j} missing")
+                    values = np.asarray(group[str(j)])
+                    if tuple(values.shape) != target.shape:
+                        raise NetError(
+                            f"Cannot copy param {j} weights from layer '{name}' in {filename}; "
+                            f"shape mismatch. Source param shape is "
+                            f"{' '.join(map(str, values.shape))} ({values.size}); target param "
+                            f"shape is {target.shape_string()}. To learn this layer's "
+                            f"parameters from scratch rather than copying from a saved net, "
+                            f"rename the layer.")
+                    target.data[...] = values
+
+    # --- pycaffe surface -----------------------------------------------------------------------
+    @property
+    def blobs(self) -> OrderedDict[str, Blob]:
+        return OrderedDict(zip(self._blob_names, self._blobs))
+
+    @property
+    def layer_dict(self) -> OrderedDict[str, Layer]:
+        return OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def params(self) -> OrderedDict[str, list[Blob]]:
+        return OrderedDict((name, layer.blobs) for name, layer in
+                           zip(self._layer_names, self.layers) if layer.blobs)
+
+    @property
+    def blob_loss_weights(self) -> OrderedDict[str, float]:
+        return OrderedDict(zip(self._blob_names, self.blob_loss_weights_list))
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self._blob_names[i] for i in self._inputs]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self._blob_names[i] for i in self._outputs]
+
+    @property
+    def top_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((name, [self._blob_names[b] for b in ids]) for name, ids in
+                           zip(self._layer_names, self.top_id_vecs))
+
+    @property
+    def bottom_names(self) -> OrderedDict[str, list[str]]:
+        return OrderedDict((name, [self._blob_names[b] for b in ids]) for name, ids in
+                           zip(self._layer_names, self.bottom_id_vecs))
+
+    def _forward(self, start: int, end: int) -> float:
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start: int, end: int) -> None:
+        self.backward_from_to(start, end)
+
+    def forward(self, blobs: Sequence[str] | None = None, start: str | None = None,
+                end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
+        """Forward pass (pycaffe): write ``kwargs`` into the input blobs, run layers start..end,
+        return ``{blob name: data}`` for the outputs (and ``blobs``)."""
+        blobs = list(blobs or [])
+        start_ind = self._layer_index(start, "forward start") if start is not None else 0
+        if end is not None:
+            end_ind = self._layer_index(end, "forward end")
+            outputs = set([end] + blobs)
+        else:
+            end_ind = len(self.layers) - 1
+            outputs = set(self.outputs + blobs)
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise CaffeError(f"Input blob arguments {sorted(kwargs)} do not match net inputs "
+                                 f"{self.inputs}")
+            for name, value in kwargs.items():
+                blob = self.blobs[name]
+                value = np.asarray(value)
+                if value.ndim == 0 or value.shape[0] != blob.shape[0]:
+                    raise CaffeError(f"Input {name!r} is not batch sized: got shape "
+                                     f"{list(value.shape)}, blob shape {list(blob.shape)}")
+                if value.shape != blob.shape:
+                    raise CaffeError(f"Input {name!r} has shape {list(value.shape)} but the blob "
+                                     f"has shape {list(blob.shape)}; call net.blobs[{name!r}]."
+                                     f"reshape(...) and net.reshape() first")
+                blob.data[...] = value
+        self._forward(start_ind, end_ind)
+        missing = [o for o in outputs if o not in self.blob_names_index]
+        if missing:
+            raise CaffeError(f"forward: no blob named {missing} in the net")
+        return {out: self.blobs[out].data for out in outputs}
+
+    def backward(self, diffs: Sequence[str] | None = None, start: str | None = None,
+                 end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
+        """Backward pass (pycaffe): write ``kwargs`` into the output diffs, run layers start
+        down to end, return ``{blob name: diff}`` for the inputs (and ``diffs``)."""
+        diffs = list(diffs or [])
+        start_ind = (self._layer_index(start, "backward start") if start is not None
+                     else len(self.layers) - 1)
+        if end is not None:
+            end_ind = self._layer_index(end, "backward end")
+            outputs = set([end] + diffs)
+        else:
+            end_ind = 0
+            outputs = set(self.inputs + diffs)
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise CaffeError(f"Top diff arguments {sorted(kwargs)} do not match net outputs "
+                                 f"{self.outputs}")
+            for name, value in kwargs.items():
+                blob = self.blobs[name]
+                value = np.asarray(value)
+                if value.shape != blob.shape:
+                    raise CaffeError(f"Diff {name!r} has shape {list(value.shape)}; blob shape "
+                                     f"is {list(blob.shape)}")
+                blob.diff[...] = value
+        self._backward(start_ind, end_ind)
+        missing = [o for o in outputs if o not in self.blob_names_index]
+        if missing:
+            raise CaffeError(f"backward: no blob named {missing} in the net")
+        return {out: self.blobs[out].diff for out in outputs}
+
+    def _batch(self, blobs: dict) -> list[dict]:
+        """Split input arrays into net-batch-sized chunks (the last padded with zeros)."""
+        num = len(next(iter(blobs.values())))
+        batch_size = self.blobs[next(iter(blobs))].shape[0]
+        chunks = []
+        for b in range(0, num, batch_size):
+            chunk = {}
+            for name, array in blobs.items():
+                part = np.asarray(array[b:b + batch_size])
+                if len(part) < batch_size:
+                    pad = np.zeros((batch_size - len(part),) + part.shape[1:], dtype=part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            chunks.append(chunk)
+        return chunks
+
+    def forward_all(self, blobs: Sequence[str] | None = None, **kwargs) -> dict[str, np.ndarray]:
+        """Forward over every item of the input arrays, batch by batch; outputs concatenated."""
+        all_outs: dict[str, list] = {out: [] for out in set(self.outputs + list(blobs or []))}
+        if not kwargs:
+            out = self.forward(blobs=blobs)
+            return {k: v.copy() for k, v in out.items()}
+        num = len(next(iter(kwargs.values())))
+        for chunk in self._batch(kwargs):
+            outs = self.forward(blobs=blobs, **chunk)
+            for name, value in outs.items():
+                all_outs[name].extend(value.copy())
+        return {name: np.asarray(values[:num]) for name, values in all_outs.items()}
+
+    def forward_backward_all(self, blobs: Sequence[str] | None = None,
+                             diffs: Sequence[str] | None = None, **kwargs):
+        """forward_all and backward over every batch; returns (forward outs, backward diffs)."""
+        all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
+        all_diffs = {d: [] for d in set(self.inputs + list(diffs or []))}
+        forward_batches = self._batch({k: v for k, v in kwargs.items() if k in self.inputs})
+        backward_batches = self._batch({k: v for k, v in kwargs.items() if k in self.outputs})
+        num = len(next(iter(kwargs.values())))
+        for fb, bb in zip(forward_batches, backward_batches):
+            outs = self.forward(blobs=blobs, **fb)
+            grads = self.backward(diffs=diffs, **bb)
+            for name, value in outs.items():
+                all_outs[name].extend(value.copy())
+            for name, value in grads.items():
+                all_diffs[name].extend(value.copy())
+        return ({k: np.asarray(v[:num]) for k, v in all_outs.items()},
+                {k: np.asarray(v[:num]) for k, v in all_diffs.items()})
+
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray, layer_idx: int = 0) -> None:
+        """Feed arrays to a MemoryData layer (pycaffe's set_input_arrays)."""
+        layer = self.layers[layer_idx]
+        if layer.type != "MemoryData":
+            raise CaffeError(f"set_input_arrays: layer {layer_idx} ({layer.name!r}) is of type "
+                             f"{layer.type}, not MemoryData")
+        layer.reset(data, labels)
+
+    def __repr__(self) -> str:
+        return f"<caffe.Net {self.name!r}: {len(self.layers)} layers, {len(self._blobs)} blobs>"

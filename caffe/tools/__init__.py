@@ -1,0 +1,1 @@
+"""Caffe's command-line tools: ``caffe <command>`` and the standalone tool names."""

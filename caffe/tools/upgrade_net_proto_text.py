@@ -1,0 +1,93 @@
+"""Upgrade a V0/V1 net prototxt to the current format (``layer { type: "..." }``).
+
+Usage: upgrade_net_proto_text v0_net_proto_file_in net_proto_file_out. The output is written
+even when the input needs no upgrade (it is then a copy, and the tool says so). Exit status:
+0 on success, 1 when the upgrade reported problems or the arguments are wrong, 2 when the input
+cannot be parsed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from caffe.errors import ProtoError
+from caffe.proto import caffe_pb2
+from caffe.protoio import (
+    read_binary_proto,
+    read_text_proto,
+    write_binary_proto,
+    write_text_proto,
+)
+from caffe.tools.flags import FlagSet
+from caffe.upgrade import net_needs_upgrade, upgrade_net_as_needed
+
+COMMAND = "upgrade_net_proto_text"
+
+logger = logging.getLogger("caffe")
+
+
+class _ErrorCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+@contextmanager
+def count_logged_errors() -> Iterator[_ErrorCounter]:
+    """Count the errors logged on the ``caffe`` logger inside the block: the upgrade functions
+    report problems there and carry on, as Caffe's upgrade returns false and carries on."""
+    counter = _ErrorCounter()
+    logger.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+
+
+def two_file_arguments(program: str, argv: list[str], what_in: str, what_out: str) \
+        -> tuple[str, str] | None:
+    """The input and output paths, or None (after logging the usage) when not exactly two."""
+    _, positional = FlagSet(program, f"{what_in} {what_out}").parse(argv)
+    if len(positional) != 2:
+        logger.error("Usage: %s %s %s", program, what_in, what_out)
+        return None
+    return positional[0], positional[1]
+
+
+def upgrade_net_file(program: str, argv: list[str], binary: bool) -> int:
+    """Read a net (text or binary), upgrade it if needed, write it in the same encoding."""
+    paths = two_file_arguments(program, argv, "v0_net_proto_file_in", "net_proto_file_out")
+    if paths is None:
+        return 1
+    input_file, output_file = paths
+    read: Callable = read_binary_proto if binary else read_text_proto
+    encoding = "binary" if binary else "text"
+    try:
+        net_param = read(input_file, caffe_pb2.NetParameter(), "net proto")
+    except ProtoError as exc:
+        logger.error("Failed to parse input %s file as NetParameter: %s (%s)", encoding,
+                     input_file, exc)
+        return 2
+    success = True
+    if net_needs_upgrade(net_param):
+        with count_logged_errors() as errors:
+            net_param = upgrade_net_as_needed(net_param, os.fspath(input_file))
+        if errors.count:
+            success = False
+            logger.error("Encountered error(s) while upgrading prototxt; see details above.")
+    else:
+        logger.error("File already in latest proto format: %s", input_file)
+    write = write_binary_proto if binary else write_text_proto
+    write(output_file, net_param)
+    logger.info("Wrote upgraded NetParameter %s proto to %s", encoding, output_file)
+    return 0 if success else 1
+
+
+def main(argv: list[str]) -> int:
+    return upgrade_net_file(COMMAND, argv, binary=False)
