@@ -1,6 +1,8 @@
 """caffepy: BVLC Caffe 1.0 in Python. ``import caffe`` offers what pycaffe offered."""
 
+from caffe import io  # pycaffe exposes caffe.io as an attribute
 from caffe.blob import Blob
+from caffe.classifier import Classifier
 from caffe.common import (
     has_nccl,
     set_device,
@@ -13,16 +15,20 @@ from caffe.common import (
     solver_count,
     solver_rank,
 )
+from caffe.detector import Detector
 from caffe.errors import CaffeError
 from caffe.layer import layer_type_list
 from caffe.layers.python import PythonLayer as Layer
 from caffe.net import Net
+from caffe.net_spec import NetSpec, layers, params, to_proto
 from caffe.proto.caffe_pb2 import TEST, TRAIN
+from caffe.timer import Timer
 
 __version__ = "1.0.0"
 
 __all__ = [
-    "Blob", "CaffeError", "Layer", "Net", "TEST", "TRAIN", "has_nccl", "layer_type_list",
+    "Blob", "CaffeError", "Classifier", "Detector", "Layer", "Net", "NetSpec", "Timer", "io",
+    "layers", "params", "to_proto", "TEST", "TRAIN", "has_nccl", "layer_type_list",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank",
 ]

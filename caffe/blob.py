@@ -21,14 +21,15 @@ class Blob:
     keep showing the blob's values. pycaffe's ``data``/``diff`` are writable host views.
     """
 
-    def __init__(self, shape: Sequence[int] = (), dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, shape: Sequence[int] | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.dtype = dtype
         self._shape: list[int] = []
         self._count = 0
         self._capacity = 0
         self._data = SyncedMemory(0, dtype)
         self._diff = SyncedMemory(0, dtype)
-        if len(shape):
+        if shape is not None:  # Blob() has count 0; Blob([]) is a scalar, as in Caffe
             self.reshape(shape)
 
     # --- shape -------------------------------------------------------------------------------

@@ -80,6 +80,14 @@ def conv_params(fn: Function) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
     else:
         pad = _per_axis(params.get("pad"), 0)
     dilation = _per_axis(params.get("dilation"), 1)
+    # A value given once holds for every spatial axis, as in ConvolutionParameter.
+    num = max(len(kernel), len(stride), len(pad), len(dilation))
+    if any(len(v) not in (1, num) for v in (kernel, stride, pad, dilation)):
+        raise UndefinedMapException(f"{fn.type_name}: kernel {kernel}, stride {stride}, pad "
+                                    f"{pad} and dilation {dilation} disagree on the number of "
+                                    "spatial axes")
+    kernel, stride, pad, dilation = (np.repeat(v, num) if len(v) == 1 else v
+                                     for v in (kernel, stride, pad, dilation))
     return axis, stride, (kernel - 1) * dilation + 1, pad
 
 

@@ -94,6 +94,13 @@ def get_layer_lr_mult(layer: caffe_pb2.LayerParameter) -> tuple[float, float]:
     return mults[0], mults[1]
 
 
+def _record_escape(text: str) -> str:
+    """Escape the characters that structure Graphviz record labels."""
+    for char in "\\{}|<>":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def _spatial_values(kernel: int, kernel_h: int, kernel_w: int) -> str:
     if kernel_h or kernel_w:
         return f"{kernel_h}x{kernel_w}" if kernel_h != kernel_w else str(kernel_h)
@@ -110,12 +117,12 @@ def get_layer_label(layer: caffe_pb2.LayerParameter, rankdir: str,
     the lr multipliers with ``display_lrm``). Parts are separated by spaces when the graph runs
     vertically (TB, BT: width is free) and by line breaks otherwise."""
     separator = " " if rankdir in ("TB", "BT") else r"\n"
-    parts = [layer.name]
+    parts = [_record_escape(layer.name)]
     if layer.type == "Pooling":
         pool = get_pooling_types_dict().get(layer.pooling_param.pool, "?")
         parts.append(f"({layer.type} {pool})")
     else:
-        parts.append(f"({layer.type})")
+        parts.append(f"({_record_escape(layer.type)})")
     if layer.type == "Pooling":
         p = layer.pooling_param
         kernel = _spatial_values(p.kernel_size, p.kernel_h, p.kernel_w)
@@ -264,7 +271,10 @@ def draw_net(caffe_net: caffe_pb2.NetParameter, rankdir: str, ext: str = "png", 
     try:
         return dot.create(format=ext)
     except Exception as exc:  # pydot reports dot's own failures with assorted exception types
-        raise CaffeError(f"Graphviz could not draw the net as {ext!r}: {exc}") from None
+        # pydot's message holds dot's whole stdout; its first and last lines say what failed.
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        detail = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1][:300]}"
+        raise CaffeError(f"Graphviz could not draw the net as {ext!r}: {detail}") from None
 
 
 def draw_net_to_file(caffe_net: caffe_pb2.NetParameter, filename: str, rankdir: str = "LR",

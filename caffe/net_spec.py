@@ -130,6 +130,8 @@ def _fill_message(message: Message, value: Any, where: str) -> None:
     if isinstance(value, Message):
         message.CopyFrom(value)
     elif isinstance(value, dict):
+        # An empty dict still asks for the message: mark it present.
+        message.SetInParent()
         for key, item in value.items():
             assign_proto(message, key, item)
     else:

@@ -101,6 +101,13 @@ def read_solver_param(path: str | os.PathLike) -> caffe_pb2.SolverParameter:
     return upgrade_solver_as_needed(param)
 
 
+def _default_mode() -> int:
+    """0666 less the process umask: what a plain open() would create (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and a rename, so a
     crash never leaves a truncated file under the final name."""
@@ -112,6 +119,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -141,6 +149,7 @@ def atomic_output(path: str | os.PathLike):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -8,6 +8,7 @@ import torch
 
 from caffe import common
 from caffe.blob import Blob
+
 from layer_case import make_layer
 
 

@@ -4,6 +4,7 @@ import torch
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
+
 from layer_case import gradient_check, make_layer, random_blobs, run_golden_case
 
 
@@ -80,7 +81,7 @@ def test_zero_scale_factor_means_zero_statistics():
     layer, bottom, top = _global_stats_layer((2, 3, 2, 2))
     layer.blobs[2].data[...] = 0
     layer.Forward(bottom, top)
-    eps = np.float32(1e-5)  # the proto field is a float
+    eps = float(np.float32(1e-5))  # the proto field is a float
     np.testing.assert_allclose(top[0].data, bottom[0].data / np.sqrt(eps), rtol=1e-12)
 
 

@@ -1,14 +1,17 @@
 """Dropout (caffe/layers/dropout.py)."""
 
+from __future__ import annotations
+
 import numpy as np
 import pytest
 import torch
+from in_place_case import check_in_place
 
 import caffe
 from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
-from in_place_case import check_in_place
+
 from layer_case import gradient_check, make_layer, run_golden_case
 
 HAS_SCALE_TRAIN = "scale_train" in caffe_pb2.DropoutParameter.DESCRIPTOR.fields_by_name
@@ -105,5 +108,6 @@ def test_in_place_matches_separate_blobs(phase):
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5])
 def test_bad_ratio(ratio):
     layer = make_layer(f"name: 'drop' type: 'Dropout' dropout_param {{ dropout_ratio: {ratio} }}")
-    with pytest.raises(LayerError, match=r"Dropout layer 'drop': dropout_ratio must lie in \[0, 1\)"):
+    with pytest.raises(LayerError,
+                       match=r"Dropout layer 'drop': dropout_ratio must lie in \[0, 1\)"):
         layer.SetUp([Blob((2, 3))], [Blob()])

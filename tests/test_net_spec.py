@@ -116,7 +116,8 @@ def test_zero_top_layers():
 
 def test_type_error_for_non_top_input():
     data = L.DummyData(ntop=2)
-    with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"):
+    message = r"^Silence input 0 is not a Top \(type is <class 'tuple'>\)$"
+    with pytest.raises(TypeError, match=message):
         L.Silence(data, ntop=0)
     L.Silence(*data, ntop=0)
 

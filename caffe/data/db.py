@@ -58,7 +58,7 @@ def _mode_name(mode) -> str:
         raise DataError(f"Unknown database mode {mode!r} (expected READ, WRITE or NEW)") from None
 
 
-def open_db(path: str | os.PathLike, mode=READ, backend=LMDB) -> "DB":
+def open_db(path: str | os.PathLike, mode=READ, backend=LMDB) -> DB:
     """Open the database at ``path``; DataError names the path when it cannot be opened."""
     name = backend_name(backend)
     cls = LMDBDatabase if name == LMDB else LevelDBDatabase
@@ -131,7 +131,7 @@ class DB:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "DB":
+    def __enter__(self) -> DB:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -258,12 +258,9 @@ class LMDBDatabase(DB):
         def opener():
             try:
                 if not writable:
-                    try:
-                        return lmdb.open(path, readonly=True, lock=True, max_readers=512)
-                    except lmdb.Error:
-                        # A read-only directory cannot hold the lock file (Caffe's
-                        # ALLOW_LMDB_NOLOCK fallback).
-                        return lmdb.open(path, readonly=True, lock=False)
+                    # Readers take no lock: nothing is written next to the data (a read-only
+                    # or checked-in database stays untouched), as Caffe's MDB_NOLOCK fallback.
+                    return lmdb.open(path, readonly=True, lock=False)
                 return lmdb.open(path, map_size=_LMDB_INITIAL_MAP, max_readers=512)
             except lmdb.Error as exc:
                 raise DataError(f"cannot open lmdb database {path!r}: {exc}") from None
@@ -376,3 +373,44 @@ class LevelDBDatabase(DB):
         if not self._closed:
             self._closed = True
             _LEVELDBS.release(self.path, lambda db: db.close())
+
+
+class AtomicNewDB:
+    """``with AtomicNewDB(path, backend) as db:`` writes a NEW database in a temporary directory
+    beside ``path`` and renames it into place only when the block succeeds, so a failed or
+    interrupted run leaves no half-written database at ``path``."""
+
+    def __init__(self, path: str | os.PathLike, backend=LMDB) -> None:
+        self.path = os.fspath(path).rstrip("/") or os.fspath(path)
+        self.backend = backend_name(backend)
+        self.db: DB | None = None
+        self._tmp = ""
+
+    def __enter__(self) -> DB:
+        import tempfile
+
+        if os.path.exists(self.path):
+            raise DataError(f"cannot create {self.backend} database {self.path!r}: the path "
+                            f"already exists")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise DataError(f"cannot create {self.backend} database {self.path!r}: directory "
+                            f"{parent!r} does not exist")
+        self._tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.tmp-", dir=parent)
+        os.rmdir(self._tmp)  # NEW mode creates it
+        self.db = open_db(self._tmp, NEW, self.backend)
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
+        self.db.close()
+        if exc_type is None:
+            try:
+                os.rename(self._tmp, self.path)
+                return
+            except OSError as err:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise DataError(f"cannot move the new database into {self.path!r}: "
+                                f"{err.strerror}") from None
+        shutil.rmtree(self._tmp, ignore_errors=True)

@@ -12,10 +12,9 @@ import io
 
 import numpy as np
 
-try:  # optional extra: opencv-python-headless
-    import cv2
-except ImportError:  # pragma: no cover - exercised only where OpenCV is absent
-    cv2 = None
+_UNLOADED = object()
+# OpenCV (optional extra opencv-python-headless) is imported on first use: it costs ~0.1 s.
+cv2 = _UNLOADED
 
 # cv::imread / cv::imdecode flags.
 IMREAD_UNCHANGED = -1
@@ -23,8 +22,20 @@ IMREAD_GRAYSCALE = 0
 IMREAD_COLOR = 1
 
 
+def _cv():
+    """The cv2 module, or None when OpenCV is not installed."""
+    global cv2
+    if cv2 is _UNLOADED:
+        try:
+            import cv2 as module
+        except ImportError:  # pragma: no cover - exercised only where OpenCV is absent
+            module = None
+        cv2 = module
+    return cv2
+
+
 def has_opencv() -> bool:
-    return cv2 is not None
+    return _cv() is not None
 
 
 def imdecode(buffer: bytes, flag: int = IMREAD_COLOR) -> np.ndarray:
@@ -32,8 +43,9 @@ def imdecode(buffer: bytes, flag: int = IMREAD_COLOR) -> np.ndarray:
 
     Raises ValueError when the bytes are not an image this build can decode.
     """
-    if cv2 is not None:
-        img = cv2.imdecode(np.frombuffer(buffer, dtype=np.uint8), flag)
+    cv = _cv()
+    if cv is not None:
+        img = cv.imdecode(np.frombuffer(buffer, dtype=np.uint8), flag)
         if img is None:
             raise ValueError(f"could not decode {len(buffer)} bytes as an image")
         return img
@@ -56,8 +68,9 @@ def imread(path: str, flag: int = IMREAD_COLOR) -> np.ndarray:
 def imencode(img: np.ndarray, ext: str) -> bytes:
     """Encode an HxW or HxWxC BGR uint8 image; ``ext`` like 'png' or 'jpg' (cv::imencode)."""
     ext = ext.lower().lstrip(".")
-    if cv2 is not None:
-        ok, buf = cv2.imencode("." + ext, img)
+    cv = _cv()
+    if cv is not None:
+        ok, buf = cv.imencode("." + ext, img)
         if not ok:
             raise ValueError(f"could not encode image as {ext!r}")
         return buf.tobytes()
@@ -82,15 +95,16 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     """Bilinear resize to ``width`` x ``height`` (cv::resize with INTER_LINEAR)."""
     if img.shape[0] == height and img.shape[1] == width:
         return img
-    if cv2 is not None:
-        out = cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    cv = _cv()
+    if cv is not None:
+        out = cv.resize(img, (int(width), int(height)), interpolation=cv.INTER_LINEAR)
         if img.ndim == 3 and out.ndim == 2:
             out = out[:, :, None]
         return out
     import torch
     import torch.nn.functional as F
 
-    chw = torch.from_numpy(np.ascontiguousarray(img.reshape(img.shape[0], img.shape[1], -1)))
+    chw = torch.from_numpy(np.array(img.reshape(img.shape[0], img.shape[1], -1), copy=True))
     chw = chw.permute(2, 0, 1)[None].to(torch.float32)
     out = F.interpolate(chw, size=(int(height), int(width)), mode="bilinear",
                         align_corners=False)[0].permute(1, 2, 0).numpy()
@@ -102,10 +116,13 @@ def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def to_chw(img: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC (interleaved, as OpenCV holds it) -> CxHxW planar, as Caffe stores it."""
+    """HxW or HxWxC (interleaved, as OpenCV holds it) -> CxHxW planar, as Caffe stores it.
+
+    A strided view, not a copy: the transformer reads it once while writing its output.
+    """
     if img.ndim == 2:
         return img[None]
-    return np.ascontiguousarray(img.transpose(2, 0, 1))
+    return img.transpose(2, 0, 1)
 
 
 def to_hwc(chw: np.ndarray) -> np.ndarray:

@@ -49,6 +49,25 @@ def canonical_axis(check: Check, blob, axis: int) -> int:
     return axis % n
 
 
+def check_param_shape(check: Check, blob, shape: Sequence[int], what: str) -> None:
+    """Require a preloaded parameter blob to have ``shape``; a legacy 4-D shape padded with
+    leading 1s (old caffemodels: bias 1x1x1xN, InnerProduct weights 1x1xNxK) is reshaped."""
+    shape = list(shape)
+    if list(blob.shape) == shape:
+        return
+
+    def core(dims):
+        dims = list(dims)
+        while dims and dims[0] == 1:
+            dims.pop(0)
+        return dims
+
+    check(core(blob.shape) == core(shape),
+          f"Incorrect {what} shape: expected shape {shape}; instead, shape was "
+          f"{list(blob.shape)}")
+    blob.reshape(shape)
+
+
 def _per_axis(values: Sequence[int], default: int, field: str, num_spatial: int,
               check: Check) -> list[int]:
     n = len(values)

@@ -68,7 +68,7 @@ def integer_indices(layer, values: torch.Tensor, limit: int, what: str,
                     whole: bool = True) -> torch.Tensor:
     """``values`` (indices in [0, limit) stored as floats) as int64, truncated as C++ casts
     them, or a LayerError naming the offending values. ``whole`` also rejects fractions."""
-    bad = (values < 0) | (values >= limit)
+    bad = ~((values >= 0) & (values < limit))  # NaN fails both comparisons
     if whole:
         bad |= values != values.trunc()
     if bool(bad.any()):

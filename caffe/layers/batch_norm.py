@@ -93,7 +93,7 @@ class BatchNormLayer(Layer):
         std = self.std.mutable_device_data()
         x_norm = self._view3(self.x_norm.mutable_device_data())
         if self.use_global_stats:
-            factor = self.blobs[2].device_data()
+            factor = self.blobs[2].device_data().view(-1)
             scale = torch.where(factor == 0, torch.zeros_like(factor), factor.reciprocal())
             torch.mul(self.blobs[0].device_data().view(-1), scale, out=mean)
             torch.mul(self.blobs[1].device_data().view(-1), scale, out=std)

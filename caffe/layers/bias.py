@@ -48,6 +48,13 @@ def broadcast_dims(layer: Layer, bottom0: Blob, operand: Blob, axis: int,
     return bottom0.count_range(0, axis), operand.count, bottom0.count_range(end)
 
 
+def new_blob(shape: list[int], dtype: torch.dtype) -> Blob:
+    """A blob of ``shape``; reshaped explicitly so that a 0-axis shape gives a scalar."""
+    blob = Blob(dtype=dtype)
+    blob.reshape(shape)
+    return blob
+
+
 def sum_to_operand(values: torch.Tensor, dims: tuple[int, int, int]) -> torch.Tensor:
     """Sum ``values`` (laid out as bottom[0]) over the outer and inner axes: shape (dim,)."""
     return values.reshape(dims).sum(dim=(0, 2))
@@ -72,7 +79,7 @@ class BiasLayer(Layer):
         param = self.layer_param.bias_param
         if len(bottom) == 1 and not self.blobs:
             shape = operand_shape(self, bottom[0], param.axis, param.num_axes, "bias")
-            self.blobs = [Blob(shape, dtype=self.dtype)]
+            self.blobs = [new_blob(shape, self.dtype)]
             filler.fill(self.blobs[0], param.filler)
 
     def reshape(self, bottom, top):

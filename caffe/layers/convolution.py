@@ -15,6 +15,7 @@ from caffe.layers._conv_util import (
     ConvGeometry,
     canonical_axis,
     check_conv_output,
+    check_param_shape,
     col2im_nd,
     conv_geometry,
     im2col_nd,
@@ -70,13 +71,9 @@ class BaseConvolutionLayer(Layer):
             self.check(len(self.blobs) == 1 + self.bias_term,
                        f"Incorrect number of weight blobs: expected {1 + self.bias_term}, got "
                        f"{len(self.blobs)}")
-            self.check(list(self.blobs[0].shape) == weight_shape,
-                       f"Incorrect weight shape: expected shape {weight_shape}; instead, shape "
-                       f"was {list(self.blobs[0].shape)}")
+            check_param_shape(self.check, self.blobs[0], weight_shape, "weight")
             if self.bias_term:
-                self.check(list(self.blobs[1].shape) == bias_shape,
-                           f"Incorrect bias shape: expected shape {bias_shape}; instead, shape "
-                           f"was {list(self.blobs[1].shape)}")
+                check_param_shape(self.check, self.blobs[1], bias_shape, "bias")
         else:
             weight = Blob(weight_shape, dtype=self.dtype)
             fill(weight, p.weight_filler)
@@ -85,6 +82,9 @@ class BaseConvolutionLayer(Layer):
                 bias = Blob(bias_shape, dtype=self.dtype)
                 fill(bias, p.bias_filler)
                 self.blobs.append(bias)
+        # 1x1 kernels with unit stride and no padding are matrix products (Caffe skips im2col
+        # there too); other ranks torch has kernels for run natively, the rest via im2col.
+        self._gemm = self.geom.is_1x1
         self._native = self.num_spatial_axes in _NATIVE_SPATIAL_AXES
         # A 0-d convolution (no spatial axes) is a 1-d one over a length-1 axis.
         if self.num_spatial_axes == 0:
@@ -145,7 +145,9 @@ class BaseConvolutionLayer(Layer):
         for b, t in zip(bottom, top):
             x = self._bottom_view(b.device_data())
             y = self._top_view(t.mutable_device_data())
-            if self._native:
+            if self._gemm:
+                self._forward_gemm(x, weight, bias, y)
+            elif self._native:
                 _aten.convolution.out(x, weight, bias, g.stride, g.pad, g.dilation,
                                       self.transposed, [0] * len(g.stride), self.group, out=y)
             else:
@@ -161,22 +163,62 @@ class BaseConvolutionLayer(Layer):
                 continue
             dy = self._top_view(t.device_diff())
             x = self._bottom_view(b.device_data())
-            if self._native:
-                dx, dw, db = _aten.convolution_backward(
+            dx = self._bottom_view(b.mutable_device_diff()) if down else None
+            if self._gemm:
+                self._backward_gemm(dy, x, weight, want_weight, dx)
+                dw = None  # accumulated in place
+                db = dy.sum([0] + list(range(2, dy.dim()))) if want_bias else None
+            elif self._native:
+                dx_new, dw, db = _aten.convolution_backward(
                     dy, x, weight, [self.num_output] if want_bias else None, g.stride, g.pad,
                     g.dilation, self.transposed, [0] * len(g.stride), self.group,
                     [bool(down), want_weight, want_bias])
                 if down:
-                    self._bottom_view(b.mutable_device_diff()).copy_(dx)
+                    dx.copy_(dx_new)
             else:
-                dw, db = self._backward_im2col(dy, x, weight, want_weight, want_bias,
-                                               self._bottom_view(b.mutable_device_diff())
-                                               if down else None)
+                dw, db = self._backward_im2col(dy, x, weight, want_weight, want_bias, dx)
             # Parameter gradients accumulate, as Caffe's solvers (and iter_size) expect.
-            if want_weight:
+            if dw is not None:
                 self.blobs[0].mutable_device_diff().add_(dw.view(self.blobs[0].shape))
-            if want_bias:
+            if db is not None:
                 self.blobs[1].mutable_device_diff().add_(db)
+
+    # --- 1x1 path: a plain matrix product per sample, written straight into the blobs ---------
+    def _gemm_operator(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weights as (group, top channels / group, bottom channels / group): the matrix
+        mapping a bottom column to a top column (a transposed view for Deconvolution)."""
+        w = weight.reshape(self.group, weight.shape[0] // self.group, -1)
+        return w.transpose(1, 2) if self.transposed else w
+
+    def _grouped(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(self.num, self.group, t.shape[1] // self.group, -1)
+
+    def _forward_gemm(self, x, weight, bias, y):
+        a = self._gemm_operator(weight)
+        if self.group == 1 and bias is not None:
+            length = y[0, 0].numel()
+            torch.baddbmm(bias.view(1, -1, 1), a.expand(self.num, *a.shape[1:]),
+                          x.reshape(self.num, -1, length), out=y.view(self.num, -1, length))
+            return
+        torch.matmul(a, self._grouped(x), out=self._grouped(y))
+        if bias is not None:
+            y += bias.view(-1, *([1] * (y.dim() - 2)))
+
+    def _backward_gemm(self, dy, x, weight, want_weight, dx):
+        a = self._gemm_operator(weight)
+        dyg = self._grouped(dy)
+        if dx is not None:
+            torch.matmul(a.transpose(1, 2), dyg, out=self._grouped(dx))
+        if want_weight:
+            xg = self._grouped(x)
+            dw = self.blobs[0].mutable_device_diff()
+            dw = dw.view(self.group, dw.shape[0] // self.group, -1)
+            # Convolution stores the operator itself, Deconvolution its transpose.
+            for n in range(self.num):
+                if self.transposed:
+                    dw.baddbmm_(xg[n], dyg[n].transpose(1, 2))
+                else:
+                    dw.baddbmm_(dyg[n], xg[n].transpose(1, 2))
 
     # --- im2col path for ranks torch has no kernel for (4 or more spatial axes) ----------------
     def _columns(self, data: torch.Tensor, spatial_out: list[int]) -> torch.Tensor:

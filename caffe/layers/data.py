@@ -24,8 +24,8 @@ from google.protobuf.message import DecodeError
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.data.db import READ, backend_name, open_db
 from caffe.data.datum import parse_datum
+from caffe.data.db import READ, backend_name, open_db
 from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader, decode_threads
 from caffe.errors import DataError
 from caffe.layer import register

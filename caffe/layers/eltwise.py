@@ -25,6 +25,8 @@ class EltwiseLayer(Layer):
     MAX:  y = max_i x_i, remembering which bottom won (ties between the first two go to the
           second, later ties keep the earlier winner, as Caffe); dE/dx_i = dE/dy where bottom i
           won, 0 elsewhere.
+    The top may be one of the bottoms: that bottom's values are then kept for backward, so
+    the numbers match separate blobs.
     """
 
     min_bottom = 2

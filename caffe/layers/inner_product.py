@@ -7,7 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.filler import fill
 from caffe.layer import Layer, register
-from caffe.layers._conv_util import canonical_axis
+from caffe.layers._conv_util import canonical_axis, check_param_shape
 
 
 @register("InnerProduct")
@@ -39,13 +39,10 @@ class InnerProductLayer(Layer):
             self.check(len(self.blobs) == 1 + self.bias_term,
                        f"Incorrect number of weight blobs: expected {1 + self.bias_term}, got "
                        f"{len(self.blobs)}")
-            self.check(list(self.blobs[0].shape) == weight_shape,
-                       f"Incorrect weight shape: expected shape {weight_shape} (transpose "
-                       f"{self.transpose}); instead, shape was {list(self.blobs[0].shape)}")
+            check_param_shape(self.check, self.blobs[0], weight_shape,
+                              f"weight (transpose: {str(self.transpose).lower()})")
             if self.bias_term:
-                self.check(self.blobs[1].count == self.num_output,
-                           f"Incorrect bias shape: expected {self.num_output} values; instead, "
-                           f"shape was {list(self.blobs[1].shape)}")
+                check_param_shape(self.check, self.blobs[1], [self.num_output], "bias")
         else:
             weight = Blob(weight_shape, dtype=self.dtype)
             fill(weight, p.weight_filler)

@@ -68,8 +68,13 @@ class LRNLayer(Layer):
         """``out`` = mean of ``t`` over local_size channels centred on each channel (zero
         beyond the ends; the divisor is always local_size)."""
         n, c, h, w = t.shape
-        _aten.avg_pool3d.out(t.view(n, 1, c, h, w), [self.size, 1, 1], [1, 1, 1],
-                             [self.pre_pad, 0, 0], False, True, None,
+        t = t.view(n, 1, c, h, w)
+        pad = self.pre_pad
+        if c < self.size:
+            # torch's pooling wants the unpadded axis to hold a whole window: pad by hand.
+            t = torch.nn.functional.pad(t, (0, 0, 0, 0, pad, pad))
+            pad = 0
+        _aten.avg_pool3d.out(t, [self.size, 1, 1], [1, 1, 1], [pad, 0, 0], False, True, None,
                              out=out.view(n, 1, c, h, w))
 
     # --- forward -------------------------------------------------------------------------------

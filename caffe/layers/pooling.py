@@ -50,9 +50,7 @@ class PoolPlan:
         self.stride = list(stride)
         self.pad = list(pad)
         self.in_hw = tuple(in_hw)
-        padded = bool(pad[0] or pad[1])
-        self.pooled = tuple(pool_output_size(in_hw[i], kernel[i], stride[i], pad[i], padded)
-                            for i in range(2))
+        self.pooled = self.output_size(kernel, stride, pad, in_hw)
         self.native = method != STOCHASTIC and all(
             pad[i] <= kernel[i] // 2 and kernel[i] <= in_hw[i] + 2 * pad[i]
             and _torch_pool_size(in_hw[i], kernel[i], stride[i], pad[i]) == self.pooled[i]
@@ -65,6 +63,13 @@ class PoolPlan:
         self.empty = empty if bool(empty.any()) else None
         self._buf: torch.Tensor | None = None
         self._consts: dict = {}
+
+    @staticmethod
+    def output_size(kernel, stride, pad, in_hw) -> tuple[int, int]:
+        """Caffe's pooled (height, width)."""
+        padded = bool(pad[0] or pad[1])
+        return tuple(pool_output_size(in_hw[i], kernel[i], stride[i], pad[i], padded)
+                     for i in range(2))
 
     # --- helpers -----------------------------------------------------------------------------
     def _const(self, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -259,10 +264,11 @@ class PoolingLayer(Layer):
             self.check(not (has("kernel_size") or has("kernel_h") or has("kernel_w")),
                        "With Global_pooling: true Filter size cannot specified")
         else:
-            self.check(has("kernel_size") != (has("kernel_h") and has("kernel_w")),
-                       "Filter size is kernel_size OR kernel_h and kernel_w; not both")
             self.check(has("kernel_size") or (has("kernel_h") and has("kernel_w")),
-                       "For non-square filters both kernel_h and kernel_w are required.")
+                       "For non-square filters both kernel_h and kernel_w are required "
+                       "(square filters: kernel_size).")
+            self.check(not (has("kernel_size") and (has("kernel_h") or has("kernel_w"))),
+                       "Filter size is kernel_size OR kernel_h and kernel_w; not both")
         self.check((not has("pad") and has("pad_h") and has("pad_w"))
                    or (not has("pad_h") and not has("pad_w")),
                    "pad is pad OR pad_h and pad_w are required.")
@@ -306,12 +312,11 @@ class PoolingLayer(Layer):
         in_hw = (shape[2], shape[3])
         if self.plan is None or self.plan.in_hw != in_hw:
             kernel = in_hw if self.global_pooling else self.kernel
-            plan = PoolPlan(self.method, kernel, self.stride, self.pad, in_hw)
-            self.check(plan.pooled[0] > 0 and plan.pooled[1] > 0,
-                       f"pooled output size {list(plan.pooled)} is empty: kernel "
-                       f"{list(kernel)} with pad {list(self.pad)} does not fit the input "
-                       f"{list(in_hw)}")
-            self.plan = plan
+            pooled = PoolPlan.output_size(kernel, self.stride, self.pad, in_hw)
+            self.check(pooled[0] > 0 and pooled[1] > 0,
+                       f"pooled output size {list(pooled)} is empty: kernel {list(kernel)} "
+                       f"with pad {list(self.pad)} does not fit the input {list(in_hw)}")
+            self.plan = PoolPlan(self.method, kernel, self.stride, self.pad, in_hw)
         top_shape = (shape[0], shape[1], *self.plan.pooled)
         top[0].reshape(top_shape)
         if len(top) > 1:

@@ -7,7 +7,7 @@ import torch
 from caffe import filler
 from caffe.blob import Blob
 from caffe.layer import Layer, register
-from caffe.layers.bias import broadcast_dims, operand_shape, sum_to_operand
+from caffe.layers.bias import broadcast_dims, new_blob, operand_shape, sum_to_operand
 from caffe.proto import caffe_pb2
 
 
@@ -43,7 +43,7 @@ class ScaleLayer(Layer):
             return
         if learned_scale:
             shape = operand_shape(self, bottom[0], param.axis, param.num_axes, "scale")
-            self.blobs.append(Blob(shape, dtype=self.dtype))
+            self.blobs.append(new_blob(shape, self.dtype))
             if param.HasField("filler"):
                 filler.fill(self.blobs[0], param.filler)
             else:
@@ -53,7 +53,7 @@ class ScaleLayer(Layer):
             # The bias covers the same axes as the scale (all of bottom[1]'s with two bottoms).
             num_axes = bottom[1].num_axes if len(bottom) > 1 else param.num_axes
             shape = operand_shape(self, bottom[0], param.axis, num_axes, "bias")
-            bias = Blob(shape, dtype=self.dtype)
+            bias = new_blob(shape, self.dtype)
             filler.fill(bias, param.bias_filler)
             self.blobs.append(bias)
 

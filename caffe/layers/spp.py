@@ -65,13 +65,13 @@ class SPPLayer(Layer):
         n, c, h, w = shape
         self.check(h > 0 and w > 0, f"Input dimensions cannot be zero (bottom shape "
                                     f"{list(shape)}).")
-        if shape != self._in_shape:
+        if shape != self._in_shape or self.outputs[0].device != common.device():
             self.plans = []
             for level in range(self.pyramid_height):
                 kernel, stride, pad = spp_level_geometry(level, h, w)
                 self.check(pad[0] < kernel[0] and pad[1] < kernel[1],
                            f"pyramid level {level} ({2 ** level} bins per side) needs pad "
-                           f"{list(pad)} not smaller than its kernel {list(kernel)}: the input "
+                           f"{list(pad)}, not smaller than its kernel {list(kernel)}: the input "
                            f"{h}x{w} is too small for pyramid_height {self.pyramid_height}")
                 self.check(self.method != STOCHASTIC or pad == (0, 0),
                            f"pyramid level {level} needs padding {list(pad)}, and Pooling "

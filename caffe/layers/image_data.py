@@ -1,0 +1,159 @@
+"""ImageData layer: batches of image files named in a list file.
+
+Caffe type ``ImageData``; reads ``image_data_param`` (source, root_folder, batch_size, shuffle,
+rand_skip, new_height/new_width, is_color) and ``transform_param``. No bottoms.
+
+    source file: one ``<path> <label>`` per line (the label follows the last space)
+    top[0]  data   N x C x h x w   (C = 3 if is_color else 1, BGR; h, w: the crop size, or the
+                                    first image's size after the optional resize)
+    top[1]  label  N
+
+Images are read with OpenCV's semantics (root_folder + path, resized to new_height x new_width
+when both are set). With ``shuffle`` the list is permuted at setup and at every wrap-around.
+Reading happens on a prefetch thread; a missing or undecodable image raises DataError from
+forward naming the list file and the image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from caffe import common
+from caffe.blob import Blob
+from caffe.data.datum import read_image
+from caffe.data.image import to_chw
+from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader, decode_threads
+from caffe.errors import DataError
+from caffe.layer import register
+
+logger = logging.getLogger("caffe")
+
+
+def read_image_list(source: str) -> list[tuple[str, int]]:
+    """Parse a ``path label`` list (label after the last space), as Caffe's list readers do."""
+    try:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise DataError(f"cannot open image list {source!r}: {exc.strerror}") from None
+    lines = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        path, sep, label = line.rpartition(" ")
+        if not sep:
+            path, label = line, "0"
+        try:
+            lines.append((path, int(label)))
+        except ValueError:
+            raise DataError(f"image list {source!r} line {number}: label {label!r} is not an "
+                            f"integer (expected '<path> <label>')") from None
+    return lines
+
+
+class ImageBatchLoader(BatchLoader):
+    def __init__(self, lines, root_folder: str, new_height: int, new_width: int,
+                 is_color: bool, shuffle_rng, transformer, batch_size: int, dtype,
+                 where: str, start: int) -> None:
+        self.lines = lines
+        self.root_folder = root_folder
+        self.new_height = new_height
+        self.new_width = new_width
+        self.is_color = is_color
+        self.rng = shuffle_rng
+        self.transformer = transformer
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.where = where
+        self.lines_id = start
+        self.threads = decode_threads()
+
+    def shuffle(self) -> None:
+        order = self.rng.permutation(len(self.lines))
+        self.lines = [self.lines[i] for i in order]
+
+    def read(self, entry: tuple[str, int]) -> np.ndarray:
+        path = self.root_folder + entry[0]
+        try:
+            return to_chw(read_image(path, self.new_height, self.new_width, self.is_color))
+        except ValueError as exc:
+            raise DataError(f"{self.where}: Could not load {entry[0]!r}: {exc}") from None
+
+    def load_batch(self, batch) -> None:
+        entries = []
+        for _ in range(self.batch_size):
+            entries.append(self.lines[self.lines_id])
+            self.lines_id += 1
+            if self.lines_id >= len(self.lines):
+                logger.debug("Restarting data prefetching from start.")
+                self.lines_id = 0
+                if self.rng is not None:
+                    self.shuffle()
+        images = self.map(self.read, entries)
+        shape = self.transformer.infer_blob_shape(images[0])
+        shape[0] = self.batch_size
+        batch.ensure(shape, [self.batch_size], self.dtype)
+        draws = [self.transformer.draw(img.shape[1], img.shape[2]) for img in images]
+        data = batch.data
+
+        def transform(i: int) -> None:
+            try:
+                self.transformer.transform(images[i], data[i], draws[i])
+            except DataError as exc:
+                raise DataError(f"{self.where}: image {entries[i][0]!r}: {exc}") from None
+
+        self.map(transform, list(range(self.batch_size)))
+        batch.label[...] = [label for _, label in entries]
+
+
+@register("ImageData")
+class ImageDataLayer(BasePrefetchingDataLayer):
+    """Caffe's ImageData layer; see the module docstring."""
+
+    exact_num_top = 2
+    min_top = -1
+    max_top = -1
+    legacy_param_name = "image_data_param"
+
+    def data_layer_setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        p = self.layer_param.image_data_param
+        new_height, new_width = int(p.new_height), int(p.new_width)
+        self.check((new_height == 0 and new_width == 0) or (new_height > 0 and new_width > 0),
+                   f"Current implementation requires new_height and new_width to be set at the "
+                   f"same time (new_height {new_height}, new_width {new_width})")
+        batch_size = int(p.batch_size)
+        self.check(batch_size > 0, f"Positive batch size required, got {batch_size}")
+        logger.info("Opening file %s", p.source)
+        try:
+            lines = read_image_list(p.source)
+        except DataError as exc:
+            raise self.data_error(str(exc)) from None
+        if not lines:
+            raise self.data_error(f"image list {p.source!r} is empty")
+        rng = None
+        if p.shuffle:
+            logger.info("Shuffling data")
+            rng = common.numpy_rng()
+        where = f"{self.type_name} layer {self.name!r} (list {p.source!r})"
+        loader = ImageBatchLoader(lines, p.root_folder, new_height, new_width, p.is_color, rng,
+                                  self.transformer, batch_size, self.np_dtype, where, 0)
+        if rng is not None:
+            loader.shuffle()
+        logger.info("A total of %d images.", len(lines))
+        if p.rand_skip:
+            skip = int(common.numpy_rng().integers(0, p.rand_skip))
+            logger.info("Skipping first %d data points.", skip)
+            if skip >= len(lines):
+                raise self.data_error(f"Not enough points to skip ({skip} of {len(lines)})")
+            loader.lines_id = skip
+        image = loader.read(loader.lines[loader.lines_id])
+        shape = self.transformer.infer_blob_shape(image)
+        shape[0] = batch_size
+        top[0].reshape(shape)
+        logger.info("output data size: %s", ",".join(str(d) for d in shape))
+        top[1].reshape([batch_size])
+        self.loader = loader

@@ -1,0 +1,271 @@
+"""SGD: stochastic gradient descent with momentum (Caffe's SGDSolver, type "SGD").
+
+Reads base_lr, lr_policy (with gamma, power, stepsize, stepvalue, max_iter), momentum,
+weight_decay, regularization_type, clip_gradients and iter_size from the SolverParameter;
+per-parameter lr_mult and decay_mult from the net's ParamSpecs.
+
+    V <- momentum * V + local_rate * dW        (V: the history blob of W)
+    W <- W - V
+
+This class also holds what every Caffe solver inherits from SGDSolver: the learning-rate
+policies, global L2-norm gradient clipping, 1/iter_size normalization, L2 / L1 regularization,
+the history blobs, and writing / reading them in a SolverState (binary proto or HDF5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from caffe.blob import Blob
+from caffe.errors import CaffeError, SolverError
+from caffe.proto import caffe_pb2
+from caffe.solver import Solver, register_solver
+
+log = logging.getLogger("caffe")
+
+LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+REGULARIZATION_TYPES = ("L2", "L1")
+
+
+@register_solver("SGD")
+class SGDSolver(Solver):
+    """Caffe's SGDSolver; the base of the other update rules."""
+
+    def __init__(self, param, source: str | None = None) -> None:
+        super().__init__(param, source=source)
+        self.pre_solve()
+
+    # --- setup --------------------------------------------------------------------------------
+    def check_parameters(self) -> None:
+        p = self.param
+        if p.HasField("lr_policy") and p.lr_policy not in LR_POLICIES:
+            raise SolverError(f"Unknown learning rate policy: {p.lr_policy!r} (known policies: "
+                              f"{', '.join(LR_POLICIES)})")
+        if p.lr_policy == "step" and p.stepsize <= 0:
+            raise SolverError(f"lr_policy 'step' needs a positive stepsize, got {p.stepsize}")
+        if p.lr_policy == "poly" and p.max_iter <= 0:
+            raise SolverError(f"lr_policy 'poly' needs a positive max_iter, got {p.max_iter}")
+        if p.regularization_type not in REGULARIZATION_TYPES:
+            raise SolverError(f"Unknown regularization type: {p.regularization_type!r} "
+                              f"(known types: {', '.join(REGULARIZATION_TYPES)})")
+
+    def _new_history_set(self) -> list[Blob]:
+        return [Blob(blob.shape, dtype=blob.dtype) for blob in self.net.learnable_params]
+
+    def pre_solve(self) -> None:
+        """One zeroed history, update and temp blob per learnable parameter."""
+        self.history: list[Blob] = self._new_history_set()
+        self.update: list[Blob] = self._new_history_set()
+        self.temp: list[Blob] = self._new_history_set()
+
+    # --- learning rate ------------------------------------------------------------------------
+    def get_learning_rate(self) -> float:
+        """The rate for the current iteration under ``lr_policy`` (Caffe's formulas):
+
+        fixed: base_lr; step: base_lr * gamma ^ floor(iter / stepsize); exp: base_lr *
+        gamma ^ iter; inv: base_lr * (1 + gamma * iter) ^ -power; multistep: base_lr *
+        gamma ^ (number of stepvalues passed); poly: base_lr * (1 - iter / max_iter) ^ power;
+        sigmoid: base_lr / (1 + exp(-gamma * (iter - stepsize))).
+        """
+        p = self.param
+        policy = p.lr_policy
+        it = self.iter
+        if policy == "fixed":
+            return p.base_lr
+        if policy == "step":
+            self.current_step = it // p.stepsize
+            return p.base_lr * p.gamma ** self.current_step
+        if policy == "exp":
+            return p.base_lr * p.gamma ** it
+        if policy == "inv":
+            return p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
+        if policy == "multistep":
+            if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
+                self.current_step += 1
+                log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
+            return p.base_lr * p.gamma ** self.current_step
+        if policy == "poly":
+            return p.base_lr * (1.0 - it / p.max_iter) ** p.power
+        if policy == "sigmoid":
+            return p.base_lr / (1.0 + math.exp(-p.gamma * (it - p.stepsize)))
+        raise SolverError(f"Unknown learning rate policy: {policy!r} (set lr_policy to one of "
+                          f"{', '.join(LR_POLICIES)})")
+
+    # --- the update ---------------------------------------------------------------------------
+    def apply_update(self) -> None:
+        """Learning rate, clipping, then per parameter normalize, regularize and compute the
+        update value into its diff; finally W -= diff for every learnable parameter."""
+        p = self.param
+        rate = self.get_learning_rate()
+        if p.display and self.iter % p.display == 0:
+            log.info("Iteration %d, lr = %s", self.iter, f"{float(np.float32(rate)):g}")
+        self.clip_gradients()
+        for param_id in range(len(self.net.learnable_params)):
+            self.normalize(param_id)
+            self.regularize(param_id)
+            self.compute_update_value(param_id, rate)
+        self.net.update()
+
+    def clip_gradients(self) -> None:
+        """Scale all diffs by clip / ||dW|| when the global L2 norm exceeds clip_gradients."""
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        diffs = [b.device_diff() for b in self.net.learnable_params if b.count]
+        if not diffs:
+            return
+        sumsq = torch.stack([d.square().sum() for d in diffs]).sum()
+        l2norm = float(torch.sqrt(sumsq))
+        if l2norm > clip:
+            scale = clip / l2norm
+            log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
+                     "factor %g", l2norm, clip, scale)
+            for blob in self.net.learnable_params:
+                blob.scale_diff(scale)
+
+    def normalize(self, param_id: int) -> None:
+        """Undo the accumulation of iter_size backward passes."""
+        if self.param.iter_size == 1:
+            return
+        self.net.learnable_params[param_id].scale_diff(1.0 / self.param.iter_size)
+
+    def regularize(self, param_id: int) -> None:
+        """dW += decay * W (L2) or decay * sign(W) (L1), decay = weight_decay * decay_mult."""
+        blob = self.net.learnable_params[param_id]
+        local_decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
+        if not local_decay or not blob.count:
+            return
+        diff = blob.mutable_device_diff()
+        if self.param.regularization_type == "L2":
+            diff.add_(blob.device_data(), alpha=local_decay)
+        else:
+            sign = self.temp[param_id].mutable_device_data()
+            torch.sign(blob.device_data(), out=sign)
+            diff.add_(sign, alpha=local_decay)
+
+    def local_rate(self, param_id: int, rate: float) -> float:
+        return rate * self.net.params_lr[param_id]
+
+    def compute_update_value(self, param_id: int, rate: float) -> None:
+        blob = self.net.learnable_params[param_id]
+        if not blob.count:
+            return
+        g = blob.mutable_device_diff()
+        h = self.history[param_id].mutable_device_data()
+        h.mul_(self.param.momentum).add_(g, alpha=self.local_rate(param_id, rate))
+        g.copy_(h)
+
+    # --- solver state -------------------------------------------------------------------------
+    def _param_label(self, history_id: int) -> str:
+        """'layer ip1, param 0' for a history blob (history sets repeat the param order)."""
+        learnable_id = history_id % max(len(self.net.learnable_params), 1)
+        for net_pid, lid in enumerate(self.net.learnable_param_ids):
+            if lid == learnable_id and self.net.param_owners[net_pid] == -1:
+                layer_id, pid = self.net.param_layer_indices[net_pid]
+                return f"layer '{self.net._layer_names[layer_id]}', param {pid}"
+        return f"learnable param {learnable_id}"
+
+    def snapshot_solver_state(self, model_filename: str) -> None:
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            self._snapshot_state_to_hdf5(model_filename)
+        else:
+            self._snapshot_state_to_binary_proto(model_filename)
+
+    def _snapshot_state_to_binary_proto(self, model_filename: str) -> None:
+        from caffe.protoio import write_binary_proto
+
+        state = caffe_pb2.SolverState()
+        state.iter = self.iter
+        state.learned_net = model_filename
+        state.current_step = self.current_step
+        for blob in self.history:
+            blob.to_proto(state.history.add())
+        filename = self.snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", filename)
+        write_binary_proto(filename, state)
+
+    def _snapshot_state_to_hdf5(self, model_filename: str) -> None:
+        import h5py
+
+        from caffe.protoio import atomic_output
+
+        filename = self.snapshot_filename(".solverstate.h5")
+        log.info("Snapshotting solver state to HDF5 file %s", filename)
+        with atomic_output(filename) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
+            f.create_dataset("learned_net", data=np.bytes_(model_filename.encode("utf-8")))
+            f.create_dataset("current_step", data=np.array([self.current_step], dtype=np.int32))
+            group = f.create_group("history")
+            for i, blob in enumerate(self.history):
+                group.create_dataset(str(i), data=blob.cpu_data())
+
+    def _check_history(self, state_file: str, shapes: list[tuple[int, ...]]) -> None:
+        if len(shapes) != len(self.history):
+            raise SolverError(f"{state_file}: Incorrect length of history blobs: the state holds "
+                              f"{len(shapes)}, this {self.type_name} solver's net needs "
+                              f"{len(self.history)}; was it saved from a different net or "
+                              f"solver type?")
+        for i, (shape, blob) in enumerate(zip(shapes, self.history)):
+            if tuple(shape) != blob.shape:
+                raise SolverError(f"{state_file}: history blob {i} ({self._param_label(i)}) has "
+                                  f"shape {list(shape)} but the net's parameter has shape "
+                                  f"{list(blob.shape)}; the snapshot is from a different net")
+
+    def _copy_learned_net(self, state_file: str, learned_net: str) -> None:
+        path = self._learned_net_path(learned_net, state_file)
+        try:
+            self.net.copy_from(path)
+        except SolverError:
+            raise
+        except CaffeError as exc:
+            raise SolverError(f"{state_file}: its weights {path!r} do not fit this solver's "
+                              f"net: {exc}") from None
+
+    def restore_solver_state_from_binary_proto(self, state_file: str) -> None:
+        from caffe.blob import proto_shape
+        from caffe.protoio import read_binary_proto
+
+        state = read_binary_proto(state_file, caffe_pb2.SolverState(), "solver state")
+        self._check_history(state_file, [tuple(proto_shape(h)) for h in state.history])
+        if state.HasField("learned_net"):
+            self._copy_learned_net(state_file, state.learned_net)
+        self.iter = state.iter
+        self.current_step = state.current_step
+        log.info("SGDSolver: restoring history")
+        for blob, proto in zip(self.history, state.history):
+            blob.from_proto(proto, reshape=False)
+
+    def restore_solver_state_from_hdf5(self, state_file: str) -> None:
+        import h5py
+
+        try:
+            f = h5py.File(state_file, "r")
+        except OSError as exc:
+            raise SolverError(f"Couldn't open solver state file {state_file}: {exc}") from None
+        with f:
+            for key in ("iter", "current_step", "history"):
+                if key not in f:
+                    raise SolverError(f"{state_file}: not a solver state: no '{key}' in the "
+                                      f"HDF5 file")
+            group = f["history"]
+            arrays = []
+            for i in range(len(group)):
+                if str(i) not in group:
+                    raise SolverError(f"{state_file}: history dataset '{i}' is missing")
+                arrays.append(np.asarray(group[str(i)]))
+            self._check_history(state_file, [a.shape for a in arrays])
+            if "learned_net" in f:
+                learned_net = f["learned_net"][()]
+                if isinstance(learned_net, np.ndarray):
+                    learned_net = learned_net.reshape(-1)[0]
+                if isinstance(learned_net, bytes):
+                    learned_net = learned_net.decode("utf-8")
+                self._copy_learned_net(state_file, str(learned_net))
+            self.iter = int(np.asarray(f["iter"]).reshape(-1)[0])
+            self.current_step = int(np.asarray(f["current_step"]).reshape(-1)[0])
+        for blob, values in zip(self.history, arrays):
+            blob.data[...] = values
