@@ -334,13 +334,13 @@ def timed(fn: Callable, number: int = 1) -> float:
     return (CLOCK() - start) / number
 
 
-def calls_per_sample(fn: Callable, min_seconds: float = 0.02) -> int:
+def calls_per_sample(fn: Callable, min_seconds: float = 0.03) -> int:
     """Enough calls for one timing sample to last ``min_seconds`` (timeit's autorange)."""
     once = max(timed(fn), 1e-7)
     return max(1, int(np.ceil(min_seconds / once)))
 
 
-def run_case(case: Case, repeat: int) -> dict:
+def run_case(case: Case, repeat: int, min_time: float = 0.03) -> dict:
     layer, bottom, top, propagate = build(case)
     torch_fwd, torch_bwd = case.baseline(layer, bottom, top)
 
@@ -353,11 +353,13 @@ def run_case(case: Case, repeat: int) -> dict:
     functions = {"layer_fwd": layer_fwd, "torch_fwd": torch_fwd, "layer_bwd": layer_bwd,
                  "torch_bwd": torch_bwd}
     # Warm-up (allocators, caches, lazy initialisation), then one call count per function.
-    number = {key: calls_per_sample(fn) for key, fn in functions.items()}
+    number = {key: calls_per_sample(fn, min_time) for key, fn in functions.items()}
     runs = {key: [] for key in functions}
-    for _ in range(repeat):  # interleaved, so drifts in machine load hit both sides alike
-        for key, fn in functions.items():
-            runs[key].append(timed(fn, number[key]) * 1e3)
+    order = list(functions)
+    for _ in range(repeat):  # interleaved, order reversed each round: drifts hit both sides
+        for key in order:
+            runs[key].append(timed(functions[key], number[key]) * 1e3)
+        order.reverse()
     best = {key: min(values) for key, values in runs.items()}
     return {
         "net": case.net, "layer": case.name, "type": case.layer_type,
@@ -455,7 +457,9 @@ def update_readme(path: Path, section: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--min-time", type=float, default=0.03,
+                        help="seconds per timing sample (fast calls are repeated to fill it)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's choice)")
@@ -495,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(case.layer_type)
             print(f"{case.net:<13}{case.name:<30}  skipped: no {case.layer_type} layer")
             continue
-        r = run_case(case, args.repeat)
+        r = run_case(case, args.repeat, args.min_time)
         results.append(r)
         print(f"{r['net']:<13}{r['layer']:<30}{r['layer_fwd_ms']:>9.3f}"
               f"{r['torch_fwd_ms']:>9.3f}{r['fwd_ratio']:>7.2f}{r['layer_bwd_ms']:>10.3f}"
@@ -503,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_write:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "batch": args.batch, "repeat": args.repeat, "dtype": "float32",
+    payload = {"machine": info, "batch": args.batch, "repeat": args.repeat,
+               "min_time_s": args.min_time, "dtype": "float32",
                "skipped": sorted(set(skipped)), "results": results}
     (args.out / "results_layers.json").write_text(json.dumps(payload, indent=2) + "\n")
     command = " ".join(["python benchmarks/layers.py"] + list(sys.argv[1:] if argv is None

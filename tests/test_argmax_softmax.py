@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from in_place_case import check_in_place
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
+from in_place_case import check_in_place
 from layer_case import gradient_check, make_layer, run_golden_case
 
 

@@ -8,6 +8,14 @@ import time
 import numpy as np
 import pytest
 import torch
+
+from caffe import common
+from caffe.blob import Blob
+from caffe.data import db as dbmod
+from caffe.data import image as cvimage
+from caffe.data.datum import encoded_datum, image_to_datum
+from caffe.errors import DataError, LayerError
+
 from data_case import (
     GOLDEN_DATA,
     forward_timed,
@@ -18,13 +26,6 @@ from data_case import (
     setup_layer,
     write_db,
 )
-
-from caffe import common
-from caffe.blob import Blob
-from caffe.data import db as dbmod
-from caffe.data import image as cvimage
-from caffe.data.datum import encoded_datum, image_to_datum
-from caffe.errors import DataError, LayerError
 
 HAS_PLYVEL = __import__("importlib").util.find_spec("plyvel") is not None
 

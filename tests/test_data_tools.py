@@ -4,7 +4,6 @@ import logging
 
 import numpy as np
 import pytest
-from data_case import GOLDEN_DATA, golden_data, make_data_layer, run_batches, setup_layer
 
 from caffe.data import db as dbmod
 from caffe.data import image as cvimage
@@ -12,6 +11,8 @@ from caffe.data.datum import parse_datum
 from caffe.data.transformer import load_mean_file
 from caffe.errors import CaffeError, DataError
 from caffe.tools import cli, compute_image_mean, convert_imageset, extract_features
+
+from data_case import GOLDEN_DATA, golden_data, make_data_layer, run_batches, setup_layer
 
 HAS_PLYVEL = __import__("importlib").util.find_spec("plyvel") is not None
 BACKENDS = ["lmdb", pytest.param("leveldb", marks=pytest.mark.skipif(
@@ -165,9 +166,9 @@ layer {{ name: "silence" type: "Silence" bottom: "label" }}
 
 def test_extract_features_matches_net_outputs(tmp_path):
     net_module = pytest.importorskip("caffe.net")
-    from data_case import random_images, write_db
-
     from caffe.proto import caffe_pb2
+
+    from data_case import random_images, write_db
 
     images = random_images(4, shape=(1, 3, 2))
     write_db(tmp_path / "in_db", images, range(4))

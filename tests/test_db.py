@@ -4,12 +4,13 @@ import os
 
 import numpy as np
 import pytest
-from data_case import GOLDEN_DATA, golden_data, random_images, write_db
 
 from caffe.data import db as dbmod
 from caffe.data.datum import datum_to_image, parse_datum
 from caffe.errors import DataError
 from caffe.proto import caffe_pb2
+
+from data_case import GOLDEN_DATA, golden_data, random_images, write_db
 
 NEED_PLYVEL = pytest.mark.skipif(not __import__("importlib").util.find_spec("plyvel"),
                                  reason="plyvel not installed")

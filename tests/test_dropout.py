@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from in_place_case import check_in_place
 
 import caffe
 from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
 
+from in_place_case import check_in_place
 from layer_case import gradient_check, make_layer, run_golden_case
 
 HAS_SCALE_TRAIN = "scale_train" in caffe_pb2.DropoutParameter.DESCRIPTOR.fields_by_name

@@ -66,3 +66,20 @@ def test_lenet_prototxt_reads_the_prepared_data(prepared):
     param = text_format.Parse(solver, caffe_pb2.SolverParameter())
     assert param.net == "examples/digits/lenet_train_test.prototxt"
     assert list(param.test_iter) == [4]  # 4 x 90 = the 360 test digits
+
+
+def test_main_example_trains_to_95_percent_and_classifies():
+    """The README's first command: train with `caffe train`, score with `caffe test`, classify."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(EXAMPLE / "run.py")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    accuracy = float(re.search(r"caffe test: accuracy = ([0-9.]+)", proc.stdout).group(1))
+    assert accuracy >= 0.95
+    true, predicted = re.search(r"true:\s+([0-9 ]+)\n\s+predicted:\s+([0-9 ]+)",
+                                proc.stdout).groups()
+    hits = sum(a == b for a, b in zip(true.split(), predicted.split()))
+    assert hits >= 6

@@ -27,8 +27,7 @@ QUAD = """
 name: 'quad'
 layer { name: 'target' type: 'Input' top: 't' input_param { shape { dim: 1 dim: 3 } } }
 layer { name: 'p' type: 'Parameter' top: 'w' param { lr_mult: 2 decay_mult: 0.5 }
-        parameter_param { shape { dim: 1 dim: 3 } }
-        blobs { shape { dim: 1 dim: 3 } data: 0 data: 0 data: 0 } }
+        parameter_param { shape { dim: 1 dim: 3 } } }
 layer { name: 'loss' type: 'EuclideanLoss' bottom: 'w' bottom: 't' top: 'loss' }
 """
 
@@ -37,10 +36,8 @@ TWO = """
 name: 'two'
 layer { name: 'target' type: 'Input' top: 't1' top: 't2'
         input_param { shape { dim: 1 dim: 3 } shape { dim: 1 dim: 2 } } }
-layer { name: 'p1' type: 'Parameter' top: 'w1' parameter_param { shape { dim: 1 dim: 3 } }
-        blobs { shape { dim: 1 dim: 3 } data: 0 data: 0 data: 0 } }
-layer { name: 'p2' type: 'Parameter' top: 'w2' parameter_param { shape { dim: 1 dim: 2 } }
-        blobs { shape { dim: 1 dim: 2 } data: 0 data: 0 } }
+layer { name: 'p1' type: 'Parameter' top: 'w1' parameter_param { shape { dim: 1 dim: 3 } } }
+layer { name: 'p2' type: 'Parameter' top: 'w2' parameter_param { shape { dim: 1 dim: 2 } } }
 layer { name: 'l1' type: 'EuclideanLoss' bottom: 'w1' bottom: 't1' top: 'l1' }
 layer { name: 'l2' type: 'EuclideanLoss' bottom: 'w2' bottom: 't2' top: 'l2' }
 """
