@@ -407,7 +407,11 @@ Reading the ratios:
   Python layer call (reshape check, blob views): tens of microseconds, so large ratios there
   are per-call overhead, not extra arithmetic.
 - On a shared machine use `--threads 1 --clock cpu`: process CPU time of one thread is far
-  steadier than wall time when other jobs compete for the cores.
+  steadier than wall time when other jobs compete for the cores. Memory-bound calls of a
+  millisecond or two (pooling backward, small InnerProducts) still vary by 10-30% from run to
+  run there, with the same torch kernel on both sides (pooling writes through the `out=`
+  variant of the very operator the baseline calls).
+- Softmax, SoftmaxWithLoss, BatchNorm and LSTM are timed when present, for reference.
 """
 
 

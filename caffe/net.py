@@ -804,7 +804,8 @@ class Net:
         all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
         all_diffs = {d: [] for d in set(self.inputs + list(diffs or []))}
         forward_batches = self._batch({k: v for k, v in kwargs.items() if k in self.inputs})
-        backward_batches = self._batch({k: v for k, v in kwargs.items() if k in self.outputs})
+        top_diffs = {k: v for k, v in kwargs.items() if k in self.outputs}
+        backward_batches = self._batch(top_diffs) if top_diffs else [{}] * len(forward_batches)
         num = len(next(iter(kwargs.values())))
         for fb, bb in zip(forward_batches, backward_batches):
             outs = self.forward(blobs=blobs, **fb)

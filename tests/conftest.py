@@ -1,10 +1,19 @@
-"""Test isolation: each test starts in CPU mode with the ``caffe`` logger as it was."""
+"""Test isolation: each test starts in CPU mode with the ``caffe`` logger as it was.
+
+Tests use one torch thread (and their subprocesses one OpenMP thread): the tensors here are
+tiny, and on a loaded 2-core machine a second thread makes small kernels stall.
+"""
 
 import logging
+import os
 
 import pytest
+import torch
 
 import caffe
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

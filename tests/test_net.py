@@ -298,3 +298,54 @@ def test_duplicate_top_and_phase_required(tmp_path):
         Net(write(tmp_path, text), caffe.TEST)
     with pytest.raises(CaffeError, match="phase is required"):
         Net(write(tmp_path, MLP))
+
+
+def test_debug_info_logs_data_and_diff_magnitudes(tmp_path, caplog):
+    net = Net(write(tmp_path, "debug_info: true\n" + MLP), caffe.TRAIN)
+    feed(net)
+    with caplog.at_level("INFO", logger="caffe"):
+        net.forward_backward()
+    text = caplog.text
+    assert "[Forward] Layer ip1, top blob ip1 data:" in text
+    assert "[Forward] Layer ip1, param blob shared_w data:" in text
+    assert "[Backward] Layer ip2, bottom blob ip1 diff:" in text
+    assert "[Backward] All net params (data, diff): L1 norm" in text
+
+
+def test_copy_from_v1_caffemodel(mlp, tmp_path):
+    """Weights saved in the V1 `layers { type: INNER_PRODUCT blobs ... }` format load too."""
+    v1 = caffe_pb2.NetParameter(name="mlp")
+    for name, blobs in mlp.params.items():
+        layer = v1.layers.add(name=name, type=caffe_pb2.V1LayerParameter.INNER_PRODUCT)
+        for blob in blobs:
+            blob.to_proto(layer.blobs.add())
+    path = tmp_path / "v1.caffemodel"
+    path.write_bytes(v1.SerializeToString())
+    other = Net(write(tmp_path, MLP), str(path), caffe.TRAIN)
+    for name, blobs in mlp.params.items():
+        for a, b in zip(blobs, other.params[name]):
+            np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_forward_backward_all_batches(tmp_path):
+    text = """
+    layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: 'ip' type: 'InnerProduct' bottom: 'x' top: 'y'
+            inner_product_param { num_output: 2 weight_filler { type: 'gaussian' } } }"""
+    net = Net(write(tmp_path, "force_backward: true\n" + text), caffe.TEST)
+    w = net.params["ip"][0].data
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    dy = rng.normal(size=(5, 2)).astype(np.float32)
+    outs, diffs = net.forward_backward_all(x=x, y=dy)
+    np.testing.assert_allclose(outs["y"], x @ w.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(diffs["x"], dy @ w, rtol=1e-5, atol=1e-6)
+
+
+def test_set_mode_gpu_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(CaffeError, match="no CUDA device is available"):
+        caffe.set_mode_gpu()
