@@ -29,6 +29,8 @@ class Blob:
         self._capacity = 0
         self._data = SyncedMemory(0, dtype)
         self._diff = SyncedMemory(0, dtype)
+        # Shaped views of the flat buffers, by buffer identity; cleared on reshape and share.
+        self._views: dict[int, tuple[object, object]] = {}
         if shape is not None:  # Blob() has count 0; Blob([]) is a scalar, as in Caffe
             self.reshape(shape)
 
@@ -49,6 +51,7 @@ class Blob:
             count *= d
         self._shape = dims
         self._count = count
+        self._views.clear()
         if count > self._capacity:
             self._capacity = count
             self._data = SyncedMemory(count, self.dtype)
@@ -126,20 +129,30 @@ class Blob:
         return off
 
     # --- host views (numpy) ------------------------------------------------------------------
-    def _view(self, flat: np.ndarray) -> np.ndarray:
-        return flat[: self._count].reshape(self._shape)
+    def _shaped(self, flat):
+        """``flat``'s first ``count`` elements in this blob's shape, made once per buffer and
+        shape (layers ask for views many times per pass)."""
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        head = flat[: self._count]
+        view = head.reshape(self._shape) if isinstance(flat, np.ndarray) else head.view(
+            self._shape)
+        self._views[id(flat)] = (flat, view)
+        return view
+
 
     def cpu_data(self) -> np.ndarray:
-        return self._view(self._data.cpu_data())
+        return self._shaped(self._data.cpu_data())
 
     def mutable_cpu_data(self) -> np.ndarray:
-        return self._view(self._data.mutable_cpu_data())
+        return self._shaped(self._data.mutable_cpu_data())
 
     def cpu_diff(self) -> np.ndarray:
-        return self._view(self._diff.cpu_data())
+        return self._shaped(self._diff.cpu_data())
 
     def mutable_cpu_diff(self) -> np.ndarray:
-        return self._view(self._diff.mutable_cpu_data())
+        return self._shaped(self._diff.mutable_cpu_data())
 
     @property
     def data(self) -> np.ndarray:
@@ -160,33 +173,31 @@ class Blob:
         self.mutable_cpu_diff()[...] = value
 
     # --- device tensors (torch), for layer math --------------------------------------------
-    def _tensor(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[: self._count].view(self._shape)
 
     def gpu_data(self) -> torch.Tensor:
-        return self._tensor(self._data.gpu_data())
+        return self._shaped(self._data.gpu_data())
 
     def mutable_gpu_data(self) -> torch.Tensor:
-        return self._tensor(self._data.mutable_gpu_data())
+        return self._shaped(self._data.mutable_gpu_data())
 
     def gpu_diff(self) -> torch.Tensor:
-        return self._tensor(self._diff.gpu_data())
+        return self._shaped(self._diff.gpu_data())
 
     def mutable_gpu_diff(self) -> torch.Tensor:
-        return self._tensor(self._diff.mutable_gpu_data())
+        return self._shaped(self._diff.mutable_gpu_data())
 
     def device_data(self) -> torch.Tensor:
         """Values on the current mode's device (treat as read-only)."""
-        return self._tensor(self._data.device_tensor())
+        return self._shaped(self._data.device_tensor())
 
     def mutable_device_data(self) -> torch.Tensor:
-        return self._tensor(self._data.mutable_device_tensor())
+        return self._shaped(self._data.mutable_device_tensor())
 
     def device_diff(self) -> torch.Tensor:
-        return self._tensor(self._diff.device_tensor())
+        return self._shaped(self._diff.device_tensor())
 
     def mutable_device_diff(self) -> torch.Tensor:
-        return self._tensor(self._diff.mutable_device_tensor())
+        return self._shaped(self._diff.mutable_device_tensor())
 
     @property
     def data_mem(self) -> SyncedMemory:
@@ -202,6 +213,7 @@ class Blob:
         if self._count != other.count:
             raise CaffeError(f"share_data: count {self._count} != {other.count}")
         self._data = other._data
+        self._views.clear()
         self._capacity = min(self._capacity, other._capacity) or other._capacity
 
     def share_diff(self, other: Blob) -> None:
@@ -209,6 +221,7 @@ class Blob:
         if self._count != other.count:
             raise CaffeError(f"share_diff: count {self._count} != {other.count}")
         self._diff = other._diff
+        self._views.clear()
 
     def update(self) -> None:
         """data -= diff, on the side where the data is newest (Caffe's Blob::Update)."""

@@ -21,7 +21,7 @@ class SyncedMemory:
     move the head to their side, so the next read on the other side copies.
     """
 
-    __slots__ = ("size", "dtype", "head", "_cpu", "_gpu", "_cpu_np")
+    __slots__ = ("size", "dtype", "head", "_cpu", "_gpu", "_cpu_np", "_cpu_np_readonly")
 
     def __init__(self, size: int, dtype: torch.dtype = torch.float32) -> None:
         self.size = int(size)
@@ -30,12 +30,15 @@ class SyncedMemory:
         self._cpu: torch.Tensor | None = None
         self._gpu: torch.Tensor | None = None
         self._cpu_np: np.ndarray | None = None
+        self._cpu_np_readonly: np.ndarray | None = None
 
     # --- syncing ---------------------------------------------------------------------------
     def _alloc_cpu(self) -> None:
         if self._cpu is None:
             self._cpu = torch.zeros(self.size, dtype=self.dtype)
             self._cpu_np = self._cpu.numpy()
+            self._cpu_np_readonly = self._cpu_np.view()
+            self._cpu_np_readonly.flags.writeable = False
 
     def _alloc_gpu(self) -> None:
         if self._gpu is None:
@@ -76,9 +79,7 @@ class SyncedMemory:
     def cpu_data(self) -> np.ndarray:
         """Read-only flat numpy view of the host copy."""
         self._to_cpu()
-        view = self._cpu_np.view()
-        view.flags.writeable = False
-        return view
+        return self._cpu_np_readonly
 
     def mutable_cpu_data(self) -> np.ndarray:
         """Writable flat numpy view of the host copy; the head moves to the host."""
