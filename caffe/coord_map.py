@@ -18,6 +18,7 @@ ancestor and gives the map taking ``top_to`` coordinates to ``top_from`` coordin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -141,36 +142,30 @@ def _mapped_bottoms(top: Top) -> tuple[Top, ...]:
     return top.fn.inputs
 
 
+def _ancestor_maps(start: Top) -> Iterator[tuple[Top, CoordMap]]:
+    """Walk up from ``start`` through layers with a coordinate map, depth first, yielding each
+    blob reached and the composition of the maps of the layers between it and ``start``."""
+    maps: dict[Top, CoordMap] = {start: (None, 1, 0)}
+    frontier = [start]
+    while frontier:
+        top = frontier.pop()
+        yield top, maps[top]
+        try:
+            step = coord_map(top.fn)
+        except UndefinedMapException:
+            continue
+        for bottom in _mapped_bottoms(top):
+            maps[bottom] = compose(maps[top], step)
+            frontier.append(bottom)
+
+
 def coord_map_from_to(top_from: Top, top_to: Top) -> CoordMap:
     """The map from ``top_to`` coordinates to ``top_from`` coordinates, through the nearest
     common ancestor blob of the two tops."""
-    identity: CoordMap = (None, 1, 0)
-    from_maps = {top_from: identity}
-    frontier = [top_from]
-    while frontier:
-        top = frontier.pop()
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mapped_bottoms(top):
-            from_maps[bottom] = compose(from_maps[top], step)
-            frontier.append(bottom)
-
-    to_maps = {top_to: identity}
-    frontier = [top_to]
-    while frontier:
-        top = frontier.pop()
+    from_maps = dict(_ancestor_maps(top_from))
+    for top, to_map in _ancestor_maps(top_to):
         if top in from_maps:
-            return compose(to_maps[top], inverse(from_maps[top]))
-        try:
-            step = coord_map(top.fn)
-        except UndefinedMapException:
-            continue
-        for bottom in _mapped_bottoms(top):
-            to_maps[bottom] = compose(to_maps[top], step)
-            frontier.append(bottom)
-
+            return compose(to_map, inverse(from_maps[top]))
     raise UnconnectedTopsError("could not compute the coordinate map between the tops: they are "
                                f"not joined by spatial layers ({top_from.fn.type_name} top and "
                                f"{top_to.fn.type_name} top)")

@@ -229,16 +229,21 @@ class Function:
         return f"<Function {self.type_name} ({len(self.inputs)} bottoms, {self.ntop} tops)>"
 
 
-def to_proto(*tops: Top | Function) -> caffe_pb2.NetParameter:
-    """The NetParameter of every layer needed to compute ``tops``, with automatic names."""
+def _net_proto(tops, names: dict) -> caffe_pb2.NetParameter:
+    """Every layer needed to compute ``tops``, named from ``names`` (top -> name) or
+    automatically."""
     layers: dict[Function, caffe_pb2.LayerParameter] = {}
-    names: dict = {}
     autonames: Counter = Counter()
     for top in tops:
         top._to_proto(layers, names, autonames)
     net = caffe_pb2.NetParameter()
     net.layer.extend(layers.values())
     return net
+
+
+def to_proto(*tops: Top | Function) -> caffe_pb2.NetParameter:
+    """The NetParameter of every layer needed to compute ``tops``, with automatic names."""
+    return _net_proto(tops, {})
 
 
 class NetSpec:
@@ -275,14 +280,7 @@ class NetSpec:
         return list(self.tops)
 
     def to_proto(self) -> caffe_pb2.NetParameter:
-        names = {top: name for name, top in self.tops.items()}
-        layers: dict[Function, caffe_pb2.LayerParameter] = {}
-        autonames: Counter = Counter()
-        for top in self.tops.values():
-            top._to_proto(layers, names, autonames)
-        net = caffe_pb2.NetParameter()
-        net.layer.extend(layers.values())
-        return net
+        return _net_proto(self.tops.values(), {top: name for name, top in self.tops.items()})
 
 
 class Layers:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from google.protobuf import text_format
 
 from caffe.blob import Blob
 from caffe.data import db as dbmod
 from caffe.data.datum import image_to_datum
-from caffe.layer import create_layer
-from caffe.proto import caffe_pb2
+
+from layer_case import make_layer
 
 GOLDEN_DATA = Path(__file__).parent / "golden" / "data"
 TIMEOUT_S = 20.0
@@ -40,11 +39,7 @@ def random_images(n: int, shape=(3, 9, 8), seed: int = 0) -> np.ndarray:
 
 def make_data_layer(text: str, phase: str = "TEST", dtype: torch.dtype = torch.float32):
     """A layer from the text of a LayerParameter (name defaults to 'data')."""
-    param = text_format.Parse(text, caffe_pb2.LayerParameter())
-    if not param.name:
-        param.name = "data"
-    param.phase = caffe_pb2.Phase.Value(phase)
-    return create_layer(param, dtype=dtype)
+    return make_layer(text, phase, dtype, name="data")
 
 
 def setup_layer(layer, n_tops: int = 2, bottom=()):

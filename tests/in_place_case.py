@@ -9,15 +9,14 @@ import torch
 from caffe import common
 from caffe.blob import Blob
 
-from layer_case import make_layer
+from layer_case import blobs_of, make_layer
 
 
 def run_layer(layer_prototxt: str, values: np.ndarray, top_diff: np.ndarray, *, in_place: bool,
               phase: str = "TRAIN", params=None, seed: int = 1701):
     """Forward then backward once; returns (top data, bottom diff, [param diffs], [params])."""
     layer = make_layer(layer_prototxt, phase)
-    bottom = Blob(values.shape, dtype=torch.float64)
-    bottom.data[...] = values
+    (bottom,) = blobs_of([values])
     top = bottom if in_place else Blob(dtype=torch.float64)
     layer.SetUp([bottom], [top])
     if params is not None:

@@ -1,4 +1,5 @@
-"""Shared test helpers: run one golden layer case from C++ Caffe, and gradient-check a layer."""
+"""Shared test helpers: run one golden layer case from C++ Caffe, build and run a layer on given
+bottoms, and gradient-check a layer."""
 
 from __future__ import annotations
 
@@ -88,11 +89,13 @@ def run_golden_case(name: str) -> None:
                                        err_msg=f"{name}: param diff {j}")
 
 
-def make_layer(layer_prototxt: str, phase: str = "TRAIN", dtype: torch.dtype = torch.float64):
-    """A layer from the text of one LayerParameter, e.g. "type: 'ReLU' relu_param {...}"."""
+def make_layer(layer_prototxt: str, phase: str = "TRAIN", dtype: torch.dtype = torch.float64,
+               name: str = "L"):
+    """A layer from the text of one LayerParameter, e.g. "type: 'ReLU' relu_param {...}"
+    (``name`` when the text names none)."""
     param = text_format.Parse(layer_prototxt, caffe_pb2.LayerParameter())
     if not param.name:
-        param.name = "L"
+        param.name = name
     param.phase = caffe_pb2.Phase.Value(phase)
     return create_layer(param, dtype=dtype)
 
@@ -101,6 +104,33 @@ def random_blobs(shapes, dtype: torch.dtype = torch.float64, seed: int = 0, low:
                  high: float = 1.0) -> list[Blob]:
     rng = np.random.default_rng(seed)
     return [_blob(rng.uniform(low, high, size=s), dtype) for s in shapes]
+
+
+def blobs_of(arrays, dtype: torch.dtype = torch.float64) -> list[Blob]:
+    """One blob per array (or nested list / number), holding its values."""
+    return [_blob(np.asarray(values), dtype) for values in arrays]
+
+
+def build_layer(layer_prototxt: str, arrays, n_tops: int = 1, phase: str = "TRAIN",
+                dtype: torch.dtype = torch.float64):
+    """A layer SetUp on bottoms holding ``arrays`` and ``n_tops`` new tops: (layer, bottom, top)."""
+    layer = make_layer(layer_prototxt, phase, dtype)
+    bottom = blobs_of(arrays, dtype)
+    top = [Blob(dtype=dtype) for _ in range(n_tops)]
+    layer.SetUp(bottom, top)
+    return layer, bottom, top
+
+
+def forward_layer(layer_prototxt: str, arrays, n_tops: int = 1, phase: str = "TRAIN",
+                  dtype: torch.dtype = torch.float64):
+    """SetUp and Forward of one layer on bottoms holding ``arrays``: (layer, bottom, top, loss)."""
+    layer, bottom, top = build_layer(layer_prototxt, arrays, n_tops, phase, dtype)
+    return layer, bottom, top, layer.Forward(bottom, top)
+
+
+def forward_top(layer_prototxt: str, x, phase: str = "TRAIN") -> np.ndarray:
+    """The (float64) top values of one Forward of a one-bottom, one-top layer on ``x``."""
+    return forward_layer(layer_prototxt, [x], phase=phase)[2][0].data.copy()
 
 
 def gradient_check(layer_prototxt: str, bottom_shapes, *, phase: str = "TRAIN",

@@ -2,27 +2,17 @@
 
 import numpy as np
 import pytest
-import torch
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
 from in_place_case import check_in_place
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_top, gradient_check, make_layer, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["argmax", "argmax_axis", "softmax", "softmax_axis2"])
 def test_golden(case):
     run_golden_case(case)
-
-
-def forward(param: str, x: np.ndarray) -> np.ndarray:
-    layer = make_layer(param)
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
-    layer.Forward([bottom], [top])
-    return top.data.copy()
 
 
 # --- ArgMax ------------------------------------------------------------------------------------
@@ -36,7 +26,7 @@ def caffe_rank(row: np.ndarray, k: int) -> np.ndarray:
 def test_argmax_over_all_axes_layout(k, out_max_val):
     x = np.random.default_rng(0).integers(0, 4, size=(3, 2, 2, 2)).astype(float)  # many ties
     flag = str(out_max_val).lower()
-    y = forward(f"type: 'ArgMax' argmax_param {{ top_k: {k} out_max_val: {flag} }}", x)
+    y = forward_top(f"type: 'ArgMax' argmax_param {{ top_k: {k} out_max_val: {flag} }}", x)
     assert y.shape == (3, 2 if out_max_val else 1, k, 1)
     for n in range(3):
         row = x[n].reshape(-1)
@@ -47,7 +37,7 @@ def test_argmax_over_all_axes_layout(k, out_max_val):
 
 
 def test_argmax_two_axis_bottom_gets_three_axes():
-    y = forward("type: 'ArgMax'", np.array([[1.0, 5.0, 2.0], [7.0, 0.0, 7.0]]))
+    y = forward_top("type: 'ArgMax'", np.array([[1.0, 5.0, 2.0], [7.0, 0.0, 7.0]]))
     assert y.shape == (2, 1, 1)
     np.testing.assert_array_equal(y.reshape(-1), [1, 2])
 
@@ -57,8 +47,8 @@ def test_argmax_two_axis_bottom_gets_three_axes():
 def test_argmax_along_axis(axis, out_max_val):
     x = np.random.default_rng(1).integers(0, 3, size=(3, 4, 5)).astype(float)
     flag = str(out_max_val).lower()
-    y = forward(f"type: 'ArgMax' argmax_param {{ axis: {axis} top_k: 2 "
-                f"out_max_val: {flag} }}", x)
+    y = forward_top(f"type: 'ArgMax' argmax_param {{ axis: {axis} top_k: 2 "
+                    f"out_max_val: {flag} }}", x)
     a = axis % 3
     moved = np.moveaxis(x, a, -1)
     idx = np.apply_along_axis(caffe_rank, -1, moved, 2)
@@ -76,7 +66,7 @@ def test_argmax_along_axis(axis, out_max_val):
 ])
 def test_argmax_errors(param, shape, message):
     with pytest.raises(LayerError, match=message):
-        forward(f"type: 'ArgMax' {param}", np.zeros(shape))
+        forward_top(f"type: 'ArgMax' {param}", np.zeros(shape))
 
 
 def test_argmax_has_no_backward():
@@ -91,14 +81,14 @@ def test_argmax_has_no_backward():
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_softmax_forward(axis):
     x = np.random.default_rng(2).normal(size=(2, 3, 5)) * 3
-    y = forward(f"type: 'Softmax' softmax_param {{ axis: {axis} }}", x)
+    y = forward_top(f"type: 'Softmax' softmax_param {{ axis: {axis} }}", x)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     np.testing.assert_allclose(y, e / e.sum(axis=axis, keepdims=True), rtol=1e-12)
 
 
 def test_softmax_is_stable_for_huge_inputs():
     x = np.array([[1000.0, 1001.0, -1000.0], [-5000.0, -5000.0, -5000.0]])
-    y = forward("type: 'Softmax'", x)
+    y = forward_top("type: 'Softmax'", x)
     e = np.exp(x - x.max(axis=1, keepdims=True))
     np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
 
@@ -115,4 +105,4 @@ def test_softmax_in_place_matches_separate_blobs():
 
 def test_softmax_axis_error():
     with pytest.raises(LayerError, match="Softmax layer 'L': axis 3 out of range for 3-D"):
-        forward("type: 'Softmax' softmax_param { axis: 3 }", np.zeros((2, 3, 4)))
+        forward_top("type: 'Softmax' softmax_param { axis: 3 }", np.zeros((2, 3, 4)))

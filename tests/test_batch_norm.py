@@ -5,6 +5,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
+from in_place_case import run_layer
 from layer_case import gradient_check, make_layer, random_blobs, run_golden_case
 
 
@@ -128,29 +129,16 @@ def test_nonzero_lr_mult_is_refused():
         layer.SetUp(random_blobs([(3, 2)]), [Blob(dtype=torch.float64)])
 
 
-def _forward_backward(prototxt, x, dy, in_place, phase="TRAIN"):
-    layer = make_layer(prototxt, phase=phase)
-    bottom = [Blob(x.shape, dtype=torch.float64)]
-    bottom[0].data[...] = x
-    top = bottom if in_place else [Blob(dtype=torch.float64)]
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    y = top[0].data.copy()
-    top[0].diff[...] = dy
-    layer.Backward(top, [True], bottom)
-    return y, bottom[0].diff.copy(), [b.data.copy() for b in layer.blobs]
-
-
 @pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
 def test_in_place_matches_out_of_place(phase):
     rng = np.random.default_rng(5)
     x, dy = rng.normal(size=(3, 4, 3)), rng.normal(size=(3, 4, 3))
     proto = "type: 'BatchNorm'"
-    ref = _forward_backward(proto, x, dy, in_place=False, phase=phase)
-    got = _forward_backward(proto, x, dy, in_place=True, phase=phase)
+    ref = run_layer(proto, x, dy, in_place=False, phase=phase)
+    got = run_layer(proto, x, dy, in_place=True, phase=phase)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-12)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-12)
-    for a, b in zip(got[2], ref[2]):
+    for a, b in zip(got[3], ref[3]):  # the statistics blobs after the pass
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert np.abs(ref[1]).sum() > 0
 
@@ -160,7 +148,7 @@ def test_in_place_survives_clobbered_top():
     # keeps the gradient right.
     rng = np.random.default_rng(6)
     x, dy = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
-    ref = _forward_backward("type: 'BatchNorm'", x, dy, in_place=False)
+    ref = run_layer("type: 'BatchNorm'", x, dy, in_place=False)
     layer = make_layer("type: 'BatchNorm'")
     blob = Blob(x.shape, dtype=torch.float64)
     blob.data[...] = x

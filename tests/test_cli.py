@@ -3,7 +3,6 @@ their glog output read back by a parser of Caffe's log format, signal effects, t
 and the errors users meet."""
 
 import io
-import logging
 import os
 import re
 import subprocess
@@ -48,15 +47,6 @@ GLOG = re.compile(r"^(?P<severity>[IWEF])(?P<month>\d\d)(?P<day>\d\d) "
 NUM = r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))"
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny nets: one torch thread is fastest, and keeps runs reproducible across machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def messages(log: str) -> list[str]:
     """The messages of the glog lines of ``log`` (continuation lines are skipped)."""
     return [m["msg"] for m in map(GLOG.match, log.splitlines()) if m]
@@ -86,14 +76,9 @@ def workdir(tmp_path):
 
 
 @pytest.fixture
-def in_process(monkeypatch):
-    """Run ``caffe`` in this process; restore the logger the CLI reconfigures."""
-    logger = logging.getLogger("caffe")
-    state = (list(logger.handlers), logger.level, logger.propagate)
-    yield lambda *argv: cli.main(list(argv))
-    logger.handlers[:] = state[0]
-    logger.setLevel(state[1])
-    logger.propagate = state[2]
+def in_process():
+    """Run ``caffe`` in this process (conftest.py restores the logger the CLI reconfigures)."""
+    return lambda *argv: cli.main(list(argv))
 
 
 def test_train_snapshot_resume_test_time_end_to_end(workdir):

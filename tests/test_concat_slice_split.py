@@ -7,7 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import blobs_of, gradient_check, make_layer, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["concat_axis0", "concat_ch", "slice_even", "slice_points"])
@@ -17,12 +17,7 @@ def test_golden(case):
 
 def blobs(*shapes, seed=0):
     rng = np.random.default_rng(seed)
-    out = []
-    for shape in shapes:
-        blob = Blob(shape, dtype=torch.float64)
-        blob.data[...] = rng.normal(size=shape)
-        out.append(blob)
-    return out
+    return blobs_of([rng.normal(size=shape) for shape in shapes])
 
 
 # --- Concat ------------------------------------------------------------------------------------

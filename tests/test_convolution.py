@@ -7,7 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, make_layer, run_golden_case
 
 FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'gaussian' std: 0.5 }"
 
@@ -18,15 +18,8 @@ def conv(params: str, layer_type: str = "Convolution") -> str:
 
 def setup_layer(proto: str, *shapes, dtype=torch.float64, seed=0):
     rng = np.random.default_rng(seed)
-    layer = make_layer(proto, dtype=dtype)
-    bottom = []
-    for shape in shapes:
-        blob = Blob(shape, dtype=dtype)
-        blob.data[...] = rng.standard_normal(shape)
-        bottom.append(blob)
-    top = [Blob(dtype=dtype) for _ in shapes]
-    layer.SetUp(bottom, top)
-    return layer, bottom, top
+    return build_layer(proto, [rng.standard_normal(shape) for shape in shapes], len(shapes),
+                       dtype=dtype)
 
 
 @pytest.mark.parametrize("case", ["conv_basic", "conv_pad_stride", "conv_group",

@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, run_golden_case
 
 
 def crop(params: str = "") -> str:
@@ -15,12 +13,8 @@ def crop(params: str = "") -> str:
 
 
 def setup_layer(proto, data_shape, like_shape):
-    layer = make_layer(proto)
-    data, like = Blob(data_shape, dtype=torch.float64), Blob(like_shape, dtype=torch.float64)
-    data.data[...] = np.arange(data.count).reshape(data_shape)
-    top = [Blob(dtype=torch.float64)]
-    layer.SetUp([data, like], top)
-    return layer, [data, like], top
+    data = np.arange(np.prod(data_shape, dtype=int)).reshape(data_shape)
+    return build_layer(proto, [data, np.zeros(like_shape)])
 
 
 def test_golden():

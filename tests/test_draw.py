@@ -3,7 +3,6 @@ phase filtering, labels, and rendering to PNG/SVG when Graphviz's dot is install
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -21,18 +20,6 @@ NETS = Path(__file__).parent / "golden" / "nets"
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz's dot program is not installed")
-
-
-@pytest.fixture
-def caffe_logger_restored():
-    """cli.run installs glog output on the caffe logger and stops its propagation; put the
-    logger back afterwards so that other tests' caplog still sees its records."""
-    logger = logging.getLogger("caffe")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 def golden(name: str) -> caffe_pb2.NetParameter:
@@ -201,7 +188,7 @@ def test_draw_net_tool_renders_images(tmp_path, ext, magic):
 
 
 @needs_dot
-def test_draw_net_tool_lrm_and_cli(tmp_path, caffe_logger_restored):
+def test_draw_net_tool_lrm_and_cli(tmp_path):
     pytest.importorskip("pydot")
     from caffe.tools import cli
 

@@ -12,7 +12,7 @@ from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
 
 from in_place_case import check_in_place
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, make_layer, run_golden_case
 
 HAS_SCALE_TRAIN = "scale_train" in caffe_pb2.DropoutParameter.DESCRIPTOR.fields_by_name
 
@@ -23,16 +23,13 @@ def test_golden_test_phase():
 
 def run(param: str, x: np.ndarray, phase: str = "TRAIN", seed: int | None = 11,
         dtype=torch.float64):
-    layer = make_layer(param, phase, dtype=dtype)
-    bottom, top = Blob(x.shape, dtype=dtype), Blob(dtype=dtype)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
+    layer, bottom, top = build_layer(param, [x], phase=phase, dtype=dtype)
     if seed is not None:
         caffe.set_random_seed(seed)
-    layer.Forward([bottom], [top])
-    top.diff[...] = 1
-    layer.Backward([top], [True], [bottom])
-    return top.data.copy(), bottom.diff.copy()
+    layer.Forward(bottom, top)
+    top[0].diff[...] = 1
+    layer.Backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy()
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
@@ -59,15 +56,12 @@ def test_train_is_seeded_and_redraws_every_forward():
     other, _ = run(param, x, seed=6)
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
-    layer = make_layer(param)
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
+    layer, bottom, top = build_layer(param, [x])
     caffe.set_random_seed(5)
-    layer.Forward([bottom], [top])
-    masks = [top.data.copy()]
-    layer.Forward([bottom], [top])
-    masks.append(top.data.copy())
+    layer.Forward(bottom, top)
+    masks = [top[0].data.copy()]
+    layer.Forward(bottom, top)
+    masks.append(top[0].data.copy())
     np.testing.assert_array_equal(masks[0], first)
     assert not np.array_equal(masks[0], masks[1])
 

@@ -7,7 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import blobs_of, gradient_check, make_layer, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["eltwise_max", "eltwise_prod", "eltwise_sum_coeff"])
@@ -29,11 +29,7 @@ def test_gradient(param, n):
 
 
 def run(param, values, top_diff=None, in_place=False):
-    bottom = []
-    for v in values:
-        blob = Blob(np.shape(v), dtype=torch.float64)
-        blob.data[...] = v
-        bottom.append(blob)
+    bottom = blobs_of(values)
     top = bottom[in_place - 1] if in_place else Blob(dtype=torch.float64)
     layer = make_layer(f"type: 'Eltwise' {param}")
     layer.SetUp(bottom, [top])

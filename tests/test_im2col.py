@@ -2,25 +2,14 @@
 
 import numpy as np
 import pytest
-import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, run_golden_case
 
 
 def im2col(params: str) -> str:
     return f"type: 'Im2col' convolution_param {{ {params} }}"
-
-
-def forward(proto, x):
-    layer = make_layer(proto)
-    bottom, top = [Blob(x.shape, dtype=torch.float64)], [Blob(dtype=torch.float64)]
-    bottom[0].data[...] = x
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    return layer, bottom, top
 
 
 def test_golden():
@@ -30,8 +19,8 @@ def test_golden():
 def test_column_layout():
     # Caffe's TestForward/TestRect: top[c * K + k, oh, ow] = padded input at the window tap.
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 5))
-    _, _, top = forward(im2col("kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 0 "
-                               "dilation: 1"), x)
+    top = forward_layer(im2col("kernel_h: 3 kernel_w: 2 stride: 2 pad_h: 1 pad_w: 0 "
+                               "dilation: 1"), [x])[2]
     assert top[0].shape == (2, 3 * 6, 3, 2)
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
     for c, i, j, oh, ow in np.ndindex(3, 3, 2, 3, 2):
@@ -50,7 +39,7 @@ def test_force_nd_matches_2d_and_torch(params, shape):
     x = np.random.default_rng(1).standard_normal(shape)
     tops, diffs = [], []
     for force in ("false", "true"):
-        layer, bottom, top = forward(im2col(f"{params} force_nd_im2col: {force}"), x)
+        layer, bottom, top, _ = forward_layer(im2col(f"{params} force_nd_im2col: {force}"), [x])
         top[0].diff[...] = np.cos(np.arange(top[0].count)).reshape(top[0].shape)
         layer.Backward(top, [True], bottom)
         tops.append(top[0].data.copy())
@@ -77,4 +66,4 @@ def test_gradient(params, shape):
 ])
 def test_errors(params, shape, message):
     with pytest.raises(LayerError, match=message):
-        forward(im2col(params), np.zeros(shape))
+        forward_layer(im2col(params), [np.zeros(shape)])

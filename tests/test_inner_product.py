@@ -7,7 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, make_layer, run_golden_case
 
 FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'gaussian' std: 0.5 }"
 
@@ -17,11 +17,7 @@ def ip(params: str) -> str:
 
 
 def setup_layer(proto, shape, dtype=torch.float64):
-    layer = make_layer(proto, dtype=dtype)
-    bottom, top = [Blob(shape, dtype=dtype)], [Blob(dtype=dtype)]
-    bottom[0].data[...] = np.random.default_rng(0).standard_normal(shape)
-    layer.SetUp(bottom, top)
-    return layer, bottom, top
+    return build_layer(proto, [np.random.default_rng(0).standard_normal(shape)], dtype=dtype)
 
 
 @pytest.mark.parametrize("case", ["ip_basic", "ip_axis2", "ip_transpose"])

@@ -8,13 +8,11 @@ import caffe
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import make_layer
+from layer_case import build_layer, make_layer
 
 
 def setup(param: str, n_tops: int, phase: str = "TRAIN"):
-    layer = make_layer(param, phase)
-    top = [Blob(dtype=torch.float64) for _ in range(n_tops)]
-    layer.SetUp([], top)
+    layer, _, top = build_layer(param, [], n_tops, phase)
     return layer, top
 
 

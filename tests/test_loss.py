@@ -1,12 +1,10 @@
 import numpy as np
 import pytest
-import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, make_layer, run_golden_case
 
 GOLDEN = ["softmax_loss", "softmax_loss_batchsize_norm", "softmax_loss_spatial_ignore",
           "euclidean_loss", "sigmoid_ce_loss", "hinge_l1", "hinge_l2", "multinomial_logistic",
@@ -16,25 +14,6 @@ GOLDEN = ["softmax_loss", "softmax_loss_batchsize_norm", "softmax_loss_spatial_i
 @pytest.mark.parametrize("case", GOLDEN)
 def test_golden(case):
     run_golden_case(case)
-
-
-def _blobs(arrays):
-    blobs = []
-    for values in arrays:
-        blob = Blob(dtype=torch.float64)
-        blob.reshape(np.shape(values))
-        blob.data[...] = values
-        blobs.append(blob)
-    return blobs
-
-
-def _forward(prototxt, arrays, n_tops=1, phase="TRAIN"):
-    layer = make_layer(prototxt, phase)
-    bottom = _blobs(arrays)
-    top = [Blob(dtype=torch.float64) for _ in range(n_tops)]
-    layer.SetUp(bottom, top)
-    loss = layer.Forward(bottom, top)
-    return layer, bottom, top, loss
 
 
 def _labels(shape, classes, seed=0):
@@ -70,7 +49,7 @@ def _softmax_loss_reference(x, labels, axis, ignore, mode):
 ])
 def test_softmax_loss_normalization(loss_param, mode, ignore):
     x, labels = _uniform((3, 4, 2, 3), -3, 3), _labels((3, 1, 2, 3), 4, seed=1)
-    _, _, top, loss = _forward(f"type: 'SoftmaxWithLoss' {loss_param}", [x, labels])
+    _, _, top, loss = forward_layer(f"type: 'SoftmaxWithLoss' {loss_param}", [x, labels])
     expected = _softmax_loss_reference(x, labels, 1, ignore, mode)
     np.testing.assert_allclose(top[0].data, expected, rtol=1e-12)
     np.testing.assert_allclose(loss, expected, rtol=1e-12)
@@ -93,7 +72,7 @@ def test_softmax_loss_gradient(param, shape, label_shape, classes):
 
 def test_softmax_loss_probability_top():
     x, labels = _uniform((3, 4, 2)), _labels((3, 2), 4)
-    layer, _, top, loss = _forward("type: 'SoftmaxWithLoss'", [x, labels], n_tops=2)
+    layer, _, top, loss = forward_layer("type: 'SoftmaxWithLoss'", [x, labels], n_tops=2)
     p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(top[1].data, p, rtol=1e-12)
     assert layer.loss_weights == [1.0, 0.0]
@@ -102,7 +81,7 @@ def test_softmax_loss_probability_top():
 
 def test_softmax_loss_all_ignored_is_zero():
     x, labels = _uniform((2, 3)), np.array([1.0, 1.0])
-    layer, bottom, top, loss = _forward(
+    layer, bottom, top, loss = forward_layer(
         "type: 'SoftmaxWithLoss' loss_param { ignore_label: 1 }", [x, labels])
     assert loss == 0
     layer.Backward(top, [True, False], bottom)
@@ -111,7 +90,7 @@ def test_softmax_loss_all_ignored_is_zero():
 
 def test_softmax_loss_extreme_scores_are_finite():
     x, labels = np.array([[1000.0, -1000.0]]), np.array([1.0])
-    layer, bottom, top, loss = _forward("type: 'SoftmaxWithLoss'", [x, labels])
+    layer, bottom, top, loss = forward_layer("type: 'SoftmaxWithLoss'", [x, labels])
     # p = exp(-2000) underflows to 0 and is clipped at FLT_MIN, as in Caffe.
     np.testing.assert_allclose(loss, -np.log(np.float32(1.1754944e-38)), rtol=1e-6)
 
@@ -119,25 +98,25 @@ def test_softmax_loss_extreme_scores_are_finite():
 def test_softmax_loss_label_out_of_range():
     x, labels = _uniform((3, 5)), np.array([0.0, 7.0, 2.0])
     with pytest.raises(LayerError, match=r"label value 7 .*\[0, 5\)"):
-        _forward("type: 'SoftmaxWithLoss'", [x, labels])
+        forward_layer("type: 'SoftmaxWithLoss'", [x, labels])
 
 
 def test_softmax_loss_negative_label_out_of_range():
     x, labels = _uniform((3, 5)), np.array([0.0, -1.0, 2.0])
     with pytest.raises(LayerError, match=r"label value -1 .*\[0, 5\)"):
-        _forward("type: 'SoftmaxWithLoss'", [x, labels])
+        forward_layer("type: 'SoftmaxWithLoss'", [x, labels])
 
 
 def test_softmax_loss_ignored_label_may_be_out_of_range():
     x, labels = _uniform((3, 5)), np.array([0.0, 255.0, 2.0])
-    _, _, _, loss = _forward("type: 'SoftmaxWithLoss' loss_param { ignore_label: 255 }",
-                             [x, labels])
+    _, _, _, loss = forward_layer("type: 'SoftmaxWithLoss' loss_param { ignore_label: 255 }",
+                                  [x, labels])
     assert np.isfinite(loss)
 
 
 def test_softmax_loss_label_count_mismatch():
     with pytest.raises(LayerError, match="Number of labels must match number of predictions"):
-        _forward("type: 'SoftmaxWithLoss'", [_uniform((2, 3, 4)), np.zeros((2, 3))])
+        forward_layer("type: 'SoftmaxWithLoss'", [_uniform((2, 3, 4)), np.zeros((2, 3))])
 
 
 @pytest.mark.parametrize("param, arrays", [
@@ -149,7 +128,7 @@ def test_softmax_loss_label_count_mismatch():
                               _uniform((5, 5), 0, 1)]),
 ])
 def test_no_gradient_to_labels(param, arrays):
-    layer, bottom, top, _ = _forward(param, arrays)
+    layer, bottom, top, _ = forward_layer(param, arrays)
     assert not layer.allow_force_backward(1)
     with pytest.raises(LayerError, match="(?i)cannot backpropagate to label"):
         layer.Backward(top, [True, True] + [False] * (len(bottom) - 2), bottom)
@@ -173,7 +152,7 @@ LOSSES = [
 def test_loss_weight_scales_loss_and_gradient(param, arrays):
     results = []
     for weight in ("", "loss_weight: 2"):
-        layer, bottom, top, loss = _forward(f"{param} {weight}", arrays)
+        layer, bottom, top, loss = forward_layer(f"{param} {weight}", arrays)
         layer.Backward(top, [True] + [False] * (len(bottom) - 1), bottom)
         results.append((loss, top[0].data.copy(), bottom[0].diff.copy()))
     (loss1, value1, diff1), (loss2, value2, diff2) = results
@@ -199,12 +178,12 @@ def test_euclidean_both_bottoms_accept_force_backward():
 
 def test_euclidean_dimension_mismatch():
     with pytest.raises(LayerError, match=r"same dimension.*\[3, 5\].*\[3, 4\]"):
-        _forward("type: 'EuclideanLoss'", [_uniform((3, 5)), _uniform((3, 4))])
+        forward_layer("type: 'EuclideanLoss'", [_uniform((3, 5)), _uniform((3, 4))])
 
 
 def test_euclidean_first_dimension_mismatch():
     with pytest.raises(LayerError, match="same first dimension"):
-        _forward("type: 'EuclideanLoss'", [_uniform((3, 4)), _uniform((2, 6))])
+        forward_layer("type: 'EuclideanLoss'", [_uniform((3, 4)), _uniform((2, 6))])
 
 
 # --- SigmoidCrossEntropyLoss ---------------------------------------------------------------------
@@ -229,7 +208,8 @@ def test_sigmoid_ce_values(loss_param, ignore, mode):
     t = np.array([[0.0, 1, -1, 0.25], [1, 1, 0, -1], [0.5, 0, 1, 1]])
     if ignore is None:
         t = np.abs(t)
-    layer, bottom, top, loss = _forward(f"type: 'SigmoidCrossEntropyLoss' {loss_param}", [x, t])
+    layer, bottom, top, loss = forward_layer(f"type: 'SigmoidCrossEntropyLoss' {loss_param}",
+                                             [x, t])
     np.testing.assert_allclose(loss, _sigmoid_ce_reference(x, t, ignore, mode), rtol=1e-12)
     layer.Backward(top, [True, False], bottom)
     if ignore is not None:
@@ -248,13 +228,13 @@ def test_sigmoid_ce_gradient(param):
 
 def test_sigmoid_ce_is_stable_for_large_scores():
     x, t = np.array([[200.0, -200.0]]), np.array([[0.0, 1.0]])
-    _, _, _, loss = _forward("type: 'SigmoidCrossEntropyLoss'", [x, t])
+    _, _, _, loss = forward_layer("type: 'SigmoidCrossEntropyLoss'", [x, t])
     np.testing.assert_allclose(loss, 400.0)
 
 
 def test_sigmoid_ce_count_mismatch():
     with pytest.raises(LayerError, match="same count"):
-        _forward("type: 'SigmoidCrossEntropyLoss'", [_uniform((3, 4)), _uniform((3, 5))])
+        forward_layer("type: 'SigmoidCrossEntropyLoss'", [_uniform((3, 4)), _uniform((3, 5))])
 
 
 # --- HingeLoss -----------------------------------------------------------------------------------
@@ -269,8 +249,8 @@ def test_hinge_gradient(norm):
 @pytest.mark.parametrize("norm, power", [("L1", 1), ("L2", 2)])
 def test_hinge_values(norm, power):
     x, labels = _uniform((3, 4), -2, 2), _labels((3,), 4, seed=5)
-    _, _, _, loss = _forward(f"type: 'HingeLoss' hinge_loss_param {{ norm: {norm} }}",
-                             [x, labels])
+    _, _, _, loss = forward_layer(f"type: 'HingeLoss' hinge_loss_param {{ norm: {norm} }}",
+                                  [x, labels])
     sign = np.ones_like(x)
     sign[np.arange(3), labels.astype(int)] = -1
     expected = (np.maximum(0, 1 + sign * x) ** power).sum() / 3
@@ -279,7 +259,7 @@ def test_hinge_values(norm, power):
 
 def test_hinge_label_out_of_range():
     with pytest.raises(LayerError, match=r"label value 4 .*\[0, 4\)"):
-        _forward("type: 'HingeLoss'", [_uniform((2, 4)), np.array([4.0, 0.0])])
+        forward_layer("type: 'HingeLoss'", [_uniform((2, 4)), np.array([4.0, 0.0])])
 
 
 # --- MultinomialLogisticLoss ---------------------------------------------------------------------
@@ -290,7 +270,7 @@ def test_multinomial_gradient():
 
 def test_multinomial_clips_at_log_threshold():
     p, labels = np.array([[0.0, 1.0], [0.5, 0.5]]), np.array([0.0, 1.0])
-    layer, bottom, top, loss = _forward("type: 'MultinomialLogisticLoss'", [p, labels])
+    layer, bottom, top, loss = forward_layer("type: 'MultinomialLogisticLoss'", [p, labels])
     np.testing.assert_allclose(loss, (-np.log(1e-20) - np.log(0.5)) / 2)
     layer.Backward(top, [True, False], bottom)
     np.testing.assert_allclose(bottom[0].diff, [[-0.5e20, 0], [0, -1.0]])
@@ -298,8 +278,8 @@ def test_multinomial_clips_at_log_threshold():
 
 def test_multinomial_label_out_of_range():
     with pytest.raises(LayerError, match=r"label value 3 .*\[0, 3\)"):
-        _forward("type: 'MultinomialLogisticLoss'", [_uniform((2, 3), 0, 1),
-                                                      np.array([3.0, 0.0])])
+        forward_layer("type: 'MultinomialLogisticLoss'", [_uniform((2, 3), 0, 1),
+                                                           np.array([3.0, 0.0])])
 
 
 # --- InfogainLoss --------------------------------------------------------------------------------
@@ -326,15 +306,15 @@ def test_infogain_gradient_axis_and_ignore():
 
 def test_infogain_values_axis_and_ignore():
     p, labels, h = _uniform((2, 3, 4), 0.1, 1), _labels((2, 3), 4, seed=3), _uniform((4, 4), 0, 2)
-    _, _, _, loss = _forward("type: 'InfogainLoss' infogain_loss_param { axis: 2 } "
-                             "loss_param { ignore_label: 0 }", [p, labels, h])
+    _, _, _, loss = forward_layer("type: 'InfogainLoss' infogain_loss_param { axis: 2 } "
+                                  "loss_param { ignore_label: 0 }", [p, labels, h])
     np.testing.assert_allclose(loss, _infogain_reference(p, labels, h, 2, 0), rtol=1e-12)
 
 
 def test_infogain_identity_matrix_is_multinomial_logistic():
     p, labels = _uniform((3, 4), 0.1, 1), _labels((3,), 4)
-    _, _, _, infogain = _forward("type: 'InfogainLoss'", [p, labels, np.eye(4)])
-    _, _, _, logistic = _forward("type: 'MultinomialLogisticLoss'", [p, labels])
+    _, _, _, infogain = forward_layer("type: 'InfogainLoss'", [p, labels, np.eye(4)])
+    _, _, _, logistic = forward_layer("type: 'MultinomialLogisticLoss'", [p, labels])
     np.testing.assert_allclose(infogain, logistic, rtol=1e-12)
 
 
@@ -346,32 +326,32 @@ def test_infogain_matrix_from_source(tmp_path):
     source = tmp_path / "infogain.binaryproto"
     source.write_bytes(proto.SerializeToString())
     p, labels = _uniform((3, 4), 0.1, 1), _labels((3,), 4)
-    _, _, _, loss = _forward(f"type: 'InfogainLoss' infogain_loss_param {{ source: '{source}' }}",
-                             [p, labels])
+    _, _, _, loss = forward_layer(
+        f"type: 'InfogainLoss' infogain_loss_param {{ source: '{source}' }}", [p, labels])
     expected = _infogain_reference(p, labels, h.astype(np.float32).astype(float))
     np.testing.assert_allclose(loss, expected, rtol=1e-12)
 
 
 def test_infogain_needs_a_source():
     with pytest.raises(LayerError, match="Infogain matrix source must be specified"):
-        _forward("type: 'InfogainLoss'", [_uniform((3, 4)), _labels((3,), 4)])
+        forward_layer("type: 'InfogainLoss'", [_uniform((3, 4)), _labels((3,), 4)])
 
 
 def test_infogain_missing_source_file(tmp_path):
     missing = tmp_path / "nope.binaryproto"
     with pytest.raises(LayerError, match="nope.binaryproto"):
-        _forward(f"type: 'InfogainLoss' infogain_loss_param {{ source: '{missing}' }}",
-                 [_uniform((3, 4)), _labels((3,), 4)])
+        forward_layer(f"type: 'InfogainLoss' infogain_loss_param {{ source: '{missing}' }}",
+                      [_uniform((3, 4)), _labels((3,), 4)])
 
 
 def test_infogain_matrix_size():
     with pytest.raises(LayerError, match=r"4 x 4 values.*\[3, 3\]"):
-        _forward("type: 'InfogainLoss'", [_uniform((3, 4)), _labels((3,), 4), np.eye(3)])
+        forward_layer("type: 'InfogainLoss'", [_uniform((3, 4)), _labels((3,), 4), np.eye(3)])
 
 
 def test_infogain_no_gradient_to_matrix():
-    layer, bottom, top, _ = _forward("type: 'InfogainLoss'",
-                                     [_uniform((3, 4), 0.1, 1), _labels((3,), 4), np.eye(4)])
+    layer, bottom, top, _ = forward_layer("type: 'InfogainLoss'",
+                                          [_uniform((3, 4), 0.1, 1), _labels((3,), 4), np.eye(4)])
     assert not layer.allow_force_backward(2)
     with pytest.raises(LayerError, match="cannot backpropagate to infogain"):
         layer.Backward(top, [True, False, True], bottom)
@@ -379,8 +359,8 @@ def test_infogain_no_gradient_to_matrix():
 
 def test_infogain_label_out_of_range():
     with pytest.raises(LayerError, match=r"label value 9 .*\[0, 4\)"):
-        _forward("type: 'InfogainLoss'", [_uniform((2, 4), 0.1, 1), np.array([9.0, 0.0]),
-                                          np.eye(4)])
+        forward_layer("type: 'InfogainLoss'", [_uniform((2, 4), 0.1, 1), np.array([9.0, 0.0]),
+                                               np.eye(4)])
 
 
 # --- ContrastiveLoss -----------------------------------------------------------------------------
@@ -405,8 +385,8 @@ def test_contrastive_gradient(param, check_bottom):
 def test_contrastive_values(legacy):
     a, b = _uniform((6, 3), seed=1), _uniform((6, 3), seed=2)
     y = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 0.6])  # 0.6 truncates to 0: dissimilar
-    _, _, _, loss = _forward(f"type: 'ContrastiveLoss' contrastive_loss_param {{ margin: 1.2 "
-                             f"legacy_version: {'true' if legacy else 'false'} }}", [a, b, y])
+    _, _, _, loss = forward_layer(f"type: 'ContrastiveLoss' contrastive_loss_param {{ margin: 1.2 "
+                                  f"legacy_version: {'true' if legacy else 'false'} }}", [a, b, y])
     d2 = ((a - b) ** 2).sum(1)
     margin = float(np.float32(1.2))
     far = np.maximum(margin - d2, 0) if legacy else np.maximum(margin - np.sqrt(d2), 0) ** 2
@@ -422,21 +402,21 @@ def test_contrastive_no_gradient_to_pair_labels():
 
 def test_contrastive_shape_checks():
     with pytest.raises(LayerError, match="same channels"):
-        _forward("type: 'ContrastiveLoss'", [_uniform((4, 3)), _uniform((4, 2)), np.ones(4)])
+        forward_layer("type: 'ContrastiveLoss'", [_uniform((4, 3)), _uniform((4, 2)), np.ones(4)])
 
 
 # --- Accuracy ------------------------------------------------------------------------------------
 def test_accuracy_top1_and_per_class():
     scores = np.array([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     labels = np.array([1.0, 2.0, 2.0, 0.0])
-    _, _, top, _ = _forward("type: 'Accuracy'", [scores, labels], n_tops=2)
+    _, _, top, _ = forward_layer("type: 'Accuracy'", [scores, labels], n_tops=2)
     np.testing.assert_allclose(top[0].data, 0.75)
     np.testing.assert_allclose(top[1].data, [1.0, 1.0, 0.5])
 
 
 def test_accuracy_ties_rank_larger_index_first():
     scores = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]])
-    _, _, top, _ = _forward("type: 'Accuracy'", [scores, np.array([0.0, 1.0])])
+    _, _, top, _ = forward_layer("type: 'Accuracy'", [scores, np.array([0.0, 1.0])])
     np.testing.assert_allclose(top[0].data, 0.5)  # class 1 wins the tie
 
 
@@ -444,8 +424,8 @@ def test_accuracy_top_k_ignore_and_axis():
     scores = _uniform((2, 3, 5), seed=9)
     labels = _labels((2, 3), 5, seed=9)
     labels[0, 1] = -1
-    _, _, top, _ = _forward("type: 'Accuracy' accuracy_param { top_k: 2 axis: -1 "
-                            "ignore_label: -1 }", [scores, labels], n_tops=2)
+    _, _, top, _ = forward_layer("type: 'Accuracy' accuracy_param { top_k: 2 axis: -1 "
+                                 "ignore_label: -1 }", [scores, labels], n_tops=2)
     rank = (scores > np.take_along_axis(scores, np.maximum(labels, 0).astype(int)[..., None],
                                         -1)).sum(-1)
     valid = labels != -1
@@ -456,7 +436,7 @@ def test_accuracy_top_k_ignore_and_axis():
 
 
 def test_accuracy_has_no_backward():
-    layer, bottom, top, _ = _forward("type: 'Accuracy'", [_uniform((2, 3)), np.zeros(2)])
+    layer, bottom, top, _ = forward_layer("type: 'Accuracy'", [_uniform((2, 3)), np.zeros(2)])
     layer.Backward(top, [False, False], bottom)
     with pytest.raises(LayerError, match="no backward"):
         layer.Backward(top, [True, False], bottom)
@@ -464,9 +444,10 @@ def test_accuracy_has_no_backward():
 
 def test_accuracy_top_k_too_large():
     with pytest.raises(LayerError, match="top_k must be less than or equal"):
-        _forward("type: 'Accuracy' accuracy_param { top_k: 4 }", [_uniform((2, 3)), np.zeros(2)])
+        forward_layer("type: 'Accuracy' accuracy_param { top_k: 4 }",
+                      [_uniform((2, 3)), np.zeros(2)])
 
 
 def test_accuracy_label_out_of_range():
     with pytest.raises(LayerError, match=r"label value 3 .*\[0, 3\)"):
-        _forward("type: 'Accuracy'", [_uniform((2, 3)), np.array([0.0, 3.0])])
+        forward_layer("type: 'Accuracy'", [_uniform((2, 3)), np.array([0.0, 3.0])])

@@ -4,23 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, run_golden_case
 
 
 def lrn(params: str) -> str:
     return f"type: 'LRN' lrn_param {{ {params} }}"
-
-
-def forward(proto, x, dtype=torch.float64):
-    layer = make_layer(proto, dtype=dtype)
-    bottom, top = [Blob(x.shape, dtype=dtype)], [Blob(dtype=dtype)]
-    bottom[0].data[...] = x
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    return layer, bottom, top
 
 
 def across_channels(x, size, alpha, beta, k):
@@ -52,7 +42,7 @@ def test_golden(case):
 @pytest.mark.parametrize("size, channels", [(5, 7), (3, 2), (15, 7)])  # 15: wider than C
 def test_across_channels_forward(size, channels):
     x = np.random.default_rng(0).standard_normal((2, channels, 3, 2))
-    _, _, top = forward(lrn(f"local_size: {size} alpha: 0.3 beta: 0.6 k: 2"), x)
+    top = forward_layer(lrn(f"local_size: {size} alpha: 0.3 beta: 0.6 k: 2"), [x])[2]
     np.testing.assert_allclose(top[0].data, across_channels(x, size, 0.3, 0.6, 2.0), rtol=1e-6)
 
 
@@ -60,8 +50,8 @@ def test_across_channels_forward(size, channels):
 def test_within_channel_forward(size):
     x = np.random.default_rng(1).standard_normal((2, 2, 5, 4))
     # k is not part of Caffe's WITHIN_CHANNEL formula.
-    _, _, top = forward(lrn(f"local_size: {size} alpha: 0.7 beta: 0.9 k: 5 "
-                            f"norm_region: WITHIN_CHANNEL"), x)
+    top = forward_layer(lrn(f"local_size: {size} alpha: 0.7 beta: 0.9 k: 5 "
+                            f"norm_region: WITHIN_CHANNEL"), [x])[2]
     np.testing.assert_allclose(top[0].data, within_channel(x, size, 0.7, 0.9), rtol=1e-6)
 
 
@@ -78,8 +68,9 @@ def test_gradient(params, shape):
 
 def test_float32_matches_float64():
     x = np.random.default_rng(2).standard_normal((2, 6, 4, 4))
-    _, _, top64 = forward(lrn("local_size: 5 alpha: 0.5"), x)
-    _, _, top32 = forward(lrn("local_size: 5 alpha: 0.5"), x.astype(np.float32), torch.float32)
+    top64 = forward_layer(lrn("local_size: 5 alpha: 0.5"), [x])[2]
+    top32 = forward_layer(lrn("local_size: 5 alpha: 0.5"), [x.astype(np.float32)],
+                          dtype=torch.float32)[2]
     np.testing.assert_allclose(top32[0].data, top64[0].data, rtol=1e-5, atol=1e-6)
 
 
@@ -89,4 +80,4 @@ def test_float32_matches_float64():
 ])
 def test_errors(params, shape, message):
     with pytest.raises(LayerError, match=message):
-        forward(lrn(params), np.zeros(shape))
+        forward_layer(lrn(params), [np.zeros(shape)])

@@ -5,6 +5,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
+from in_place_case import run_layer
 from layer_case import gradient_check, make_layer, random_blobs, run_golden_case
 
 
@@ -78,18 +79,7 @@ def test_mean_only():
 def test_in_place():
     rng = np.random.default_rng(9)
     x, dy = rng.normal(size=(2, 3, 2, 2)), rng.normal(size=(2, 3, 2, 2))
-    results = []
-    for in_place in (False, True):
-        layer = make_layer("type: 'MVN'")
-        bottom = [Blob(x.shape, dtype=torch.float64)]
-        bottom[0].data[...] = x
-        top = bottom if in_place else [Blob(dtype=torch.float64)]
-        layer.SetUp(bottom, top)
-        layer.Forward(bottom, top)
-        y = top[0].data.copy()
-        top[0].diff[...] = dy
-        layer.Backward(top, [True], bottom)
-        results.append((y, bottom[0].diff.copy()))
+    results = [run_layer("type: 'MVN'", x, dy, in_place=in_place) for in_place in (False, True)]
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-13)
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-13)
 

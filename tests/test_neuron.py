@@ -8,7 +8,7 @@ from caffe.blob import Blob
 from caffe.errors import LayerError
 
 from in_place_case import check_in_place
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, forward_top, gradient_check, make_layer, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["sigmoid", "tanh", "absval", "bnll", "elu", "threshold"])
@@ -46,49 +46,36 @@ def test_in_place_matches_separate_blobs(param):
     check_in_place(param, (2, 3, 5))
 
 
-def forward(param: str, x: np.ndarray, phase: str = "TRAIN") -> np.ndarray:
-    layer = make_layer(param, phase)
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
-    layer.Forward([bottom], [top])
-    return top.data.copy()
-
-
 def test_bnll_is_finite_for_large_inputs():
     x = np.array([-1000.0, -60.0, -1.0, 0.0, 1.0, 60.0, 1000.0])
-    y = forward("type: 'BNLL'", x)
+    y = forward_top("type: 'BNLL'", x)
     np.testing.assert_allclose(y, np.logaddexp(0, x), rtol=1e-12)
-    layer = make_layer("type: 'BNLL'")
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
-    layer.Forward([bottom], [top])
-    top.diff[...] = 1
-    layer.Backward([top], [True], [bottom])
-    assert np.all(np.isfinite(bottom.diff))
+    layer, bottom, top, _ = forward_layer("type: 'BNLL'", [x])
+    top[0].diff[...] = 1
+    layer.Backward(top, [True], bottom)
+    assert np.all(np.isfinite(bottom[0].diff))
     # Above Caffe's threshold of 50 the gradient is exp(50) / (exp(50) + 1), i.e. 1.
     sigmoid = np.exp(-np.logaddexp(0, -np.minimum(x, 50)))
-    np.testing.assert_allclose(bottom.diff, sigmoid, rtol=1e-12)
+    np.testing.assert_allclose(bottom[0].diff, sigmoid, rtol=1e-12)
 
 
 def test_swish_and_clip_formulas():
     x = np.linspace(-3, 3, 13)
-    np.testing.assert_allclose(forward("type: 'Swish' swish_param { beta: 2 }", x),
+    np.testing.assert_allclose(forward_top("type: 'Swish' swish_param { beta: 2 }", x),
                                x / (1 + np.exp(-2 * x)), rtol=1e-12)
-    np.testing.assert_allclose(forward("type: 'Clip' clip_param { min: -1 max: 2 }", x),
+    np.testing.assert_allclose(forward_top("type: 'Clip' clip_param { min: -1 max: 2 }", x),
                                np.clip(x, -1, 2))
 
 
 def test_elu_negative_side():
     x = np.array([-2.0, -0.5, 0.0, 0.5])
-    np.testing.assert_allclose(forward("type: 'ELU' elu_param { alpha: 0.7 }", x),
+    np.testing.assert_allclose(forward_top("type: 'ELU' elu_param { alpha: 0.7 }", x),
                                np.where(x > 0, x, np.float32(0.7) * np.expm1(x)), rtol=1e-12)
 
 
 def test_threshold_is_strictly_greater():
     x = np.array([-1.0, 0.2, 0.2000001, 3.0])
-    y = forward("type: 'Threshold' threshold_param { threshold: 0.2 }", x)
+    y = forward_top("type: 'Threshold' threshold_param { threshold: 0.2 }", x)
     np.testing.assert_array_equal(y, [0, 0, 1, 1])
 
 

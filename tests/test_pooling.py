@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from caffe import common
-from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, run_golden_case
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -57,12 +56,7 @@ def pool(params: str) -> str:
 
 
 def setup_layer(proto, x, n_tops=1, phase="TRAIN", dtype=torch.float64):
-    layer = make_layer(proto, phase=phase, dtype=dtype)
-    bottom = Blob(x.shape, dtype=dtype)
-    bottom.data[...] = x
-    top = [Blob(dtype=dtype) for _ in range(n_tops)]
-    layer.SetUp([bottom], top)
-    return layer, [bottom], top
+    return build_layer(proto, [x], n_tops, phase, dtype)
 
 
 @pytest.mark.parametrize("case", ["pool_max", "pool_max_pad", "pool_max_2tops", "pool_ave",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
 from in_place_case import check_in_place
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, make_layer, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["power", "exp", "log"])
@@ -19,14 +18,10 @@ def test_golden(case):
 
 
 def run(param: str, x: np.ndarray, dy: np.ndarray | None = None):
-    layer = make_layer(param)
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
-    layer.Forward([bottom], [top])
-    top.diff[...] = 1 if dy is None else dy
-    layer.Backward([top], [True], [bottom])
-    return top.data.copy(), bottom.diff.copy()
+    layer, bottom, top, _ = forward_layer(param, [x])
+    top[0].diff[...] = 1 if dy is None else dy
+    layer.Backward(top, [True], bottom)
+    return top[0].data.copy(), bottom[0].diff.copy()
 
 
 POSITIVE = np.random.default_rng(5).uniform(0.5, 2.0, size=(2, 3, 5))

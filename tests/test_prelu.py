@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
@@ -10,7 +9,7 @@ from caffe.layer import create_layer
 from caffe.proto import caffe_pb2
 
 from in_place_case import check_in_place
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["prelu", "prelu_shared"])
@@ -36,9 +35,8 @@ def test_in_place_matches_separate_blobs(param):
 
 
 def setup(param: str, shape=(2, 3, 4)):
-    layer = make_layer(f"name: 'pr' type: 'PReLU' {param}")
-    bottom, top = Blob(shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    layer.SetUp([bottom], [top])
+    layer, (bottom,), (top,) = build_layer(f"name: 'pr' type: 'PReLU' {param}",
+                                           [np.zeros(shape)])
     return layer, bottom, top
 
 

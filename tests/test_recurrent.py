@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.testing import GradientChecker
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import build_layer, gradient_check, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["rnn", "lstm"])
@@ -26,23 +25,9 @@ def _param(kind, extra=""):
 CONT = np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
 
 
-def _blobs(arrays):
-    blobs = []
-    for values in arrays:
-        blob = Blob(dtype=torch.float64)
-        blob.reshape(np.shape(values))
-        blob.data[...] = values
-        blobs.append(blob)
-    return blobs
-
-
 def _setup(prototxt, arrays, n_tops=1, seed=0):
     torch.manual_seed(seed)
-    layer = make_layer(prototxt)
-    bottom = _blobs(arrays)
-    top = [Blob(dtype=torch.float64) for _ in range(n_tops)]
-    layer.SetUp(bottom, top)
-    return layer, bottom, top
+    return build_layer(prototxt, arrays, n_tops)
 
 
 def _x(shape, seed=0):

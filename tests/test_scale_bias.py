@@ -5,7 +5,7 @@ import torch
 from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, random_blobs, run_golden_case
+from layer_case import blobs_of, gradient_check, make_layer, random_blobs, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["scale_bias", "scale_two_bottoms", "bias"])
@@ -63,19 +63,9 @@ def test_scale_and_bias_values():
     np.testing.assert_allclose(top[0].data, expected, rtol=1e-14)
 
 
-def _blobs(arrays):
-    blobs = []
-    for values in arrays:
-        blob = Blob(dtype=torch.float64)
-        blob.reshape(np.shape(values))
-        blob.data[...] = values
-        blobs.append(blob)
-    return blobs
-
-
 def _run(prototxt, bottoms, dy, in_place, params):
     layer = make_layer(prototxt)
-    bottom = _blobs(bottoms)
+    bottom = blobs_of(bottoms)
     top = [bottom[0]] if in_place else [Blob(dtype=torch.float64)]
     layer.SetUp(bottom, top)
     for blob, values in zip(layer.blobs, params):
@@ -99,7 +89,7 @@ def test_in_place_matches_out_of_place(prototxt, extra):
     x, dy = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
     bottoms = [x] + [rng.normal(size=s) for s in extra]
     probe = make_layer(prototxt)
-    probe.SetUp(_blobs(bottoms), [Blob(dtype=torch.float64)])
+    probe.SetUp(blobs_of(bottoms), [Blob(dtype=torch.float64)])
     params = [rng.normal(size=b.shape) for b in probe.blobs]
     ref = _run(prototxt, bottoms, dy, False, params)
     got = _run(prototxt, bottoms, dy, True, params)

@@ -9,12 +9,13 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from caffe.errors import ProtoError, SolverError
 from caffe.proto import caffe_pb2
 from caffe.protoio import read_binary_proto
 from caffe.solver import get_solver
+
+from solver_case import write_solver_prototxt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,24 +78,13 @@ random_seed: 5 snapshot_after_train: false
 """
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny nets: one torch thread is fastest, and keeps runs reproducible across machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_solver(tmp_path, fmt="BINARYPROTO", num_output=4, name="solver", solver_text=SOLVER,
                  net_text=NET):
-    net_file = tmp_path / f"{name}_net.prototxt"
-    net_file.write_text(net_text % num_output)
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
-    path = tmp_path / f"{name}.prototxt"
-    path.write_text(f'net: "{net_file}"\n' + solver_text.format(prefix=folder / "snap", fmt=fmt))
-    return str(path), folder
+    path = write_solver_prototxt(tmp_path, solver_text.format(prefix=folder / "snap", fmt=fmt),
+                                 net_text % num_output, name)
+    return path, folder
 
 
 def load_runner(tmp_path):
@@ -122,7 +112,7 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
                       else (".caffemodel.h5", ".solverstate.h5")))
         states += [solver_file, str(folder / f"snap_iter_{k}{ext}")]
     out = tmp_path / "resumed.npz"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # as single_thread() in this process
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # as conftest.py sets this process
     proc = subprocess.run([sys.executable, runner_path, "8", str(out), *states],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

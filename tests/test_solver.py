@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 import caffe
 from caffe.errors import CaffeError, ProtoError, SolverError
@@ -21,6 +20,8 @@ from caffe.solvers import (
     RMSPropSolver,
     SGDSolver,
 )
+
+from solver_case import write_solver_prototxt
 
 # One learnable 1x3 blob w pulled towards the input t: loss = |w - t|^2 / 2, dloss/dw = w - t.
 QUAD = """
@@ -58,21 +59,9 @@ layer { name: 'acc' type: 'Accuracy' bottom: 'ip2' bottom: 'label' top: 'acc'
 """
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny nets: one torch thread is fastest, and keeps runs reproducible across machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_solver(tmp_path, solver_text, net_text=QUAD, cls=None):
-    net_file = tmp_path / "net.prototxt"
-    net_file.write_text(net_text)
-    solver_file = tmp_path / "solver.prototxt"
-    solver_file.write_text(f'net: "{net_file}"\n' + textwrap.dedent(solver_text))
-    return (cls or get_solver)(str(solver_file))
+    solver_file = write_solver_prototxt(tmp_path, textwrap.dedent(solver_text), net_text)
+    return (cls or get_solver)(solver_file)
 
 
 @pytest.fixture
@@ -506,7 +495,7 @@ def test_pycaffe_surface(tmp_path):
     solver.apply_update()
     np.testing.assert_allclose(blob.data, [[0.0, -1.0, -2.0]])
     assert solver.iter == 0
-    other = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    other = caffe.Net(str(tmp_path / "solver_net.prototxt"), caffe.TEST)
     solver.share_weights(other)
     np.testing.assert_array_equal(other.params["p"][0].data, blob.data)
     blob.data[...] = 4.0

@@ -11,29 +11,18 @@ import torch
 import caffe
 from caffe.solver import get_solver
 
+from solver_case import write_solver_prototxt
+
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "solvers")
 CASES = sorted(f[:-4] for f in os.listdir(GOLDEN) if f.endswith(".npz"))
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny nets: one torch thread is fastest, and keeps runs reproducible across machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_case(name, tmp_path):
     """The README's procedure: load init weights, then per iteration feed input/<it>/<blob>
     into the Input blobs and step(1), recording the loss blob."""
     z = np.load(os.path.join(GOLDEN, name + ".npz"))
-    net_file = tmp_path / "net.prototxt"
-    net_file.write_text(str(z["net_prototxt"]))
-    solver_file = tmp_path / "solver.prototxt"
-    solver_file.write_text(f'net: "{net_file}"\n{z["solver_prototxt"]}\n'
-                           f"snapshot_after_train: false\nsolver_mode: CPU\n")
-    solver = get_solver(str(solver_file))
+    solver_text = f'{z["solver_prototxt"]}\nsnapshot_after_train: false\nsolver_mode: CPU\n'
+    solver = get_solver(write_solver_prototxt(tmp_path, solver_text, str(z["net_prototxt"])))
     for key in z.files:
         if key.startswith("init/"):
             _, layer, j = key.split("/")

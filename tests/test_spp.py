@@ -2,26 +2,15 @@
 
 import numpy as np
 import pytest
-import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.layers.spp import spp_level_geometry
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, run_golden_case
 
 
 def spp(params: str) -> str:
     return f"type: 'SPP' spp_param {{ {params} }}"
-
-
-def forward(proto, x, dtype=torch.float64):
-    layer = make_layer(proto, dtype=dtype)
-    bottom, top = [Blob(x.shape, dtype=dtype)], [Blob(dtype=dtype)]
-    bottom[0].data[...] = x
-    layer.SetUp(bottom, top)
-    layer.Forward(bottom, top)
-    return layer, bottom, top
 
 
 def test_golden():
@@ -38,13 +27,13 @@ def test_level_geometry():
 def test_output_length(shape):
     # Caffe's TestEqualOutputDims: every level yields 4^l bins per channel.
     n, c = shape[:2]
-    _, _, top = forward(spp("pyramid_height: 3 pool: MAX"), np.zeros(shape))
+    top = forward_layer(spp("pyramid_height: 3 pool: MAX"), [np.zeros(shape)])[2]
     assert top[0].shape == (n, c * (1 + 4 + 16))
 
 
 def test_levels_are_flattened_poolings():
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
-    _, _, top = forward(spp("pyramid_height: 2 pool: AVE"), x)
+    top = forward_layer(spp("pyramid_height: 2 pool: AVE"), [x])[2]
     level0 = x.mean(axis=(2, 3))
     level1 = x.reshape(2, 3, 2, 2, 2, 2).mean(axis=(3, 5)).reshape(2, -1)
     np.testing.assert_allclose(top[0].data, np.concatenate([level0, level1], axis=1))
@@ -52,7 +41,7 @@ def test_levels_are_flattened_poolings():
 
 def test_pyramid_height_one_keeps_4d_top():
     x = np.random.default_rng(1).standard_normal((2, 3, 5, 4))
-    _, _, top = forward(spp("pyramid_height: 1 pool: MAX"), x)
+    top = forward_layer(spp("pyramid_height: 1 pool: MAX"), [x])[2]
     assert top[0].shape == (2, 3, 1, 1)
     np.testing.assert_allclose(top[0].data[:, :, 0, 0], x.max(axis=(2, 3)))
 
@@ -67,7 +56,8 @@ def test_gradient(params, shape):
 
 
 def test_reshape_recomputes_levels():
-    layer, bottom, top = forward(spp("pyramid_height: 2 pool: MAX"), np.zeros((1, 2, 4, 4)))
+    layer, bottom, top, _ = forward_layer(spp("pyramid_height: 2 pool: MAX"),
+                                          [np.zeros((1, 2, 4, 4))])
     bottom[0].reshape((1, 2, 7, 5))
     bottom[0].data[...] = np.arange(70).reshape(1, 2, 7, 5)
     layer.Forward(bottom, top)
@@ -83,4 +73,4 @@ def test_reshape_recomputes_levels():
 ])
 def test_errors(params, shape, message):
     with pytest.raises(LayerError, match=message):
-        forward(spp(params), np.ones(shape))
+        forward_layer(spp(params), [np.ones(shape)])

@@ -2,12 +2,10 @@
 
 import numpy as np
 import pytest
-import torch
 
-from caffe.blob import Blob
 from caffe.errors import LayerError
 
-from layer_case import gradient_check, make_layer, run_golden_case
+from layer_case import forward_top, gradient_check, run_golden_case
 
 
 @pytest.mark.parametrize("case", ["tile", "reduction_asum", "reduction_mean", "reduction_sum",
@@ -16,21 +14,12 @@ def test_golden(case):
     run_golden_case(case)
 
 
-def forward(param: str, x: np.ndarray) -> np.ndarray:
-    layer = make_layer(param)
-    bottom, top = Blob(x.shape, dtype=torch.float64), Blob(dtype=torch.float64)
-    bottom.data[...] = x
-    layer.SetUp([bottom], [top])
-    layer.Forward([bottom], [top])
-    return top.data.copy()
-
-
 # --- Tile --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("axis, tiles", [(1, 3), (0, 2), (-1, 4), (2, 1)])
 def test_tile_forward_and_gradient(axis, tiles):
     param = f"type: 'Tile' tile_param {{ axis: {axis} tiles: {tiles} }}"
     x = np.random.default_rng(0).normal(size=(2, 3, 5))
-    y = forward(param, x)
+    y = forward_top(param, x)
     # Caffe repeats the whole block from the axis on: along that axis, that is np.tile.
     expected = np.tile(x, [tiles if i == axis % 3 else 1 for i in range(3)])
     np.testing.assert_array_equal(y, expected)
@@ -44,7 +33,7 @@ def test_tile_forward_and_gradient(axis, tiles):
 ])
 def test_tile_errors(param, message):
     with pytest.raises(LayerError, match=message):
-        forward(f"type: 'Tile' {param}", np.zeros((2, 3, 4)))
+        forward_top(f"type: 'Tile' {param}", np.zeros((2, 3, 4)))
 
 
 # --- Reduction ---------------------------------------------------------------------------------
@@ -61,7 +50,7 @@ OPS = {
 def test_reduction_forward(op, axis):
     x = np.random.default_rng(1).normal(size=(2, 3, 5))
     param = f"type: 'Reduction' reduction_param {{ operation: {op} axis: {axis} coeff: -1.5 }}"
-    y = forward(param, x)
+    y = forward_top(param, x)
     a = axis % 3
     expected = -1.5 * OPS[op](x.reshape(x.shape[:a] + (-1,)))
     assert y.shape == x.shape[:a]
@@ -78,4 +67,4 @@ def test_reduction_gradient(op, axis, shape):
 
 def test_reduction_axis_error():
     with pytest.raises(LayerError, match="Reduction layer 'L': axis 2 out of range for 2-D"):
-        forward("type: 'Reduction' reduction_param { axis: 2 }", np.zeros((2, 3)))
+        forward_top("type: 'Reduction' reduction_param { axis: 2 }", np.zeros((2, 3)))

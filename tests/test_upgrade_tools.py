@@ -19,18 +19,6 @@ from caffe.tools import upgrade_solver_proto_text as upgrade_solver
 NETS = Path(__file__).parent / "golden" / "nets"
 
 
-@pytest.fixture
-def caffe_logger_restored():
-    """cli.run installs glog output on the caffe logger and stops its propagation; put the
-    logger back afterwards so that other tests' caplog still sees its records."""
-    logger = logging.getLogger("caffe")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-
-
 def read_text(path, message):
     return text_format.Parse(Path(path).read_text(), message)
 
@@ -183,7 +171,7 @@ def test_solver_type_names(tmp_path, old, new):
     assert read_text(out, caffe_pb2.SolverParameter()).type == new
 
 
-def test_solver_with_both_fields_is_refused(tmp_path, caffe_logger_restored):
+def test_solver_with_both_fields_is_refused(tmp_path):
     source = tmp_path / "both.prototxt"
     source.write_text(OLD_SOLVER + 'type: "Adam"\n')
     with pytest.raises(SolverError, match="cannot be both specified"):

@@ -210,7 +210,10 @@ class BaseDataLayer(Layer):
 
 
 class BatchLoader:
-    """What a prefetching layer's thread runs. Must hold no reference to the layer."""
+    """What a prefetching layer's thread runs. Must hold no reference to the layer.
+
+    Loaders that call ``transform_images`` keep their DataTransformer in ``transformer``.
+    """
 
     def load_batch(self, batch: Batch) -> None:
         raise NotImplementedError
@@ -229,6 +232,22 @@ class BatchLoader:
         if getattr(self, "_pool", None) is None:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="caffe-decode")
         return list(self._pool.map(fn, items))
+
+    def transform_images(self, images: Sequence[np.ndarray], data: np.ndarray,
+                         error: Callable[[int, DataError], Exception]) -> None:
+        """Transform ``images[i]`` (C x H x W) into ``data[i]`` with the loader's
+        ``transformer``; ``error(i, exc)`` is what to raise when image i fails."""
+        transformer = self.transformer
+        # Random draws stay sequential (and so repeatable); the pixel work may run in parallel.
+        draws = [transformer.draw(img.shape[1], img.shape[2]) for img in images]
+
+        def transform(i: int) -> None:
+            try:
+                transformer.transform(images[i], data[i], draws[i])
+            except DataError as exc:
+                raise error(i, exc) from None
+
+        self.map(transform, list(range(len(images))))
 
 
 class BasePrefetchingDataLayer(BaseDataLayer):

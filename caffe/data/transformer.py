@@ -161,16 +161,7 @@ class DataTransformer:
         # Writing through a reversed view mirrors the result while the mean is still read at
         # the source position, as Caffe indexes it.
         dst = out[:, :, ::-1] if do_mirror else out
-        if self.mean is not None:
-            np.subtract(src, self.mean[:, h_off:h_off + h, w_off:w_off + w], out=dst,
-                        casting="unsafe")
-        elif self.mean_values is not None:
-            np.subtract(src, self.mean_values[:, None, None] if len(self.mean_values) > 1
-                        else self.mean_values[0], out=dst, casting="unsafe")
-        else:
-            dst[...] = src
-        if self.scale != 1:
-            np.multiply(dst, self.scale, out=dst)
+        self._subtract_mean_and_scale(src, dst, h_off, w_off)
         return out
 
     def transform_datum(self, datum: caffe_pb2.Datum, out: np.ndarray | None = None
@@ -202,6 +193,14 @@ class DataTransformer:
         h, w = shape[2], shape[3]
         src = inputs[:, :, h_off:h_off + h, w_off:w_off + w]
         dst = out[:n, :, :, ::-1] if do_mirror else out[:n]
+        self._subtract_mean_and_scale(src, dst, h_off, w_off)
+        return out
+
+    def _subtract_mean_and_scale(self, src: np.ndarray, dst: np.ndarray, h_off: int,
+                                 w_off: int) -> None:
+        """dst <- (src - mean) * scale for a crop ``src`` (... x C x h x w) taken at (h_off,
+        w_off): a mean_file mean is cropped at the same offsets, mean_values are per channel."""
+        h, w = src.shape[-2:]
         if self.mean is not None:
             np.subtract(src, self.mean[:, h_off:h_off + h, w_off:w_off + w], out=dst,
                         casting="unsafe")
@@ -212,7 +211,6 @@ class DataTransformer:
             dst[...] = src
         if self.scale != 1:
             np.multiply(dst, self.scale, out=dst)
-        return out
 
 
 def effective_transform_param(layer_param, legacy=None) -> caffe_pb2.TransformationParameter:

@@ -5,7 +5,8 @@ Caffe reads a window geometry from ``ConvolutionParameter`` either as repeated N
 axis) or, in 2-D only, as ``kernel_h``/``kernel_w``, ``stride_h``/``stride_w``, ``pad_h``/``pad_w``.
 ``conv_geometry`` applies Caffe's rules and CHECKs; the ``*_output_size`` functions are Caffe's
 formulas; ``im2col_nd``/``col2im_nd`` lay windows out as Caffe's column buffer does
-(rows: channel, then kernel offsets; columns: output positions).
+(rows: channel, then kernel offsets; columns: output positions). ``setup_weight_and_bias`` gives
+Convolution and InnerProduct their learned blobs (``new_weight_and_bias`` also serves Embed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from caffe.blob import Blob
+from caffe.filler import fill
 
 Check = Callable[[bool, str], None]
 
@@ -68,6 +72,36 @@ def check_param_shape(check: Check, blob, shape: Sequence[int], what: str) -> No
     blob.reshape(shape)
 
 
+def new_weight_and_bias(weight_shape: Sequence[int], bias_shape: Sequence[int] | None, param,
+                        dtype: torch.dtype) -> list[Blob]:
+    """A weight blob filled by ``param.weight_filler`` and, unless ``bias_shape`` is None, a
+    bias blob filled by ``param.bias_filler``."""
+    weight = Blob(weight_shape, dtype=dtype)
+    fill(weight, param.weight_filler)
+    blobs = [weight]
+    if bias_shape is not None:
+        bias = Blob(bias_shape, dtype=dtype)
+        fill(bias, param.bias_filler)
+        blobs.append(bias)
+    return blobs
+
+
+def setup_weight_and_bias(layer, weight_shape: Sequence[int], bias_shape: Sequence[int] | None,
+                          param, weight_what: str = "weight") -> None:
+    """Check the preloaded weight (and bias, unless ``bias_shape`` is None) blobs of ``layer``
+    against their shapes, or create them with :func:`new_weight_and_bias`."""
+    has_bias = bias_shape is not None
+    if layer.blobs:
+        layer.check(len(layer.blobs) == 1 + has_bias,
+                    f"Incorrect number of weight blobs: expected {1 + has_bias}, got "
+                    f"{len(layer.blobs)}")
+        check_param_shape(layer.check, layer.blobs[0], weight_shape, weight_what)
+        if has_bias:
+            check_param_shape(layer.check, layer.blobs[1], bias_shape, "bias")
+    else:
+        layer.blobs = new_weight_and_bias(weight_shape, bias_shape, param, layer.dtype)
+
+
 def _per_axis(values: Sequence[int], default: int, field: str, num_spatial: int,
               check: Check) -> list[int]:
     n = len(values)
@@ -79,16 +113,22 @@ def _per_axis(values: Sequence[int], default: int, field: str, num_spatial: int,
     return [int(values[0 if n == 1 else i]) for i in range(num_spatial)]
 
 
+def _h_w(param, prefix: str, field: str, num_spatial: int, check: Check) -> list[int] | None:
+    """``[<prefix>_h, <prefix>_w]`` when either is set (2-D only, and not together with the
+    repeated ``field``); None when neither is."""
+    if not (param.HasField(f"{prefix}_h") or param.HasField(f"{prefix}_w")):
+        return None
+    check(num_spatial == 2, f"{prefix}_h & {prefix}_w can only be used for 2D convolution "
+                            f"(input has {num_spatial} spatial axes)")
+    check(len(getattr(param, field)) == 0,
+          f"Either {field} or {prefix}_h/w should be specified; not both.")
+    return [getattr(param, f"{prefix}_h"), getattr(param, f"{prefix}_w")]
+
+
 def conv_geometry(param, num_spatial: int, check: Check) -> ConvGeometry:
     """Read kernel/stride/pad/dilation from a ConvolutionParameter, with Caffe's checks."""
-    has = param.HasField
-    if has("kernel_h") or has("kernel_w"):
-        check(num_spatial == 2, f"kernel_h & kernel_w can only be used for 2D convolution "
-                                f"(input has {num_spatial} spatial axes)")
-        check(len(param.kernel_size) == 0,
-              "Either kernel_size or kernel_h/w should be specified; not both.")
-        kernel = [param.kernel_h, param.kernel_w]
-    else:
+    kernel = _h_w(param, "kernel", "kernel_size", num_spatial, check)
+    if kernel is None:
         n = len(param.kernel_size)
         check(n == num_spatial or (n == 1 and num_spatial > 0),
               f"kernel_size must be specified once, or once per spatial dimension (kernel_size "
@@ -96,22 +136,13 @@ def conv_geometry(param, num_spatial: int, check: Check) -> ConvGeometry:
         kernel = [int(param.kernel_size[0 if n == 1 else i]) for i in range(num_spatial)]
     check(all(k > 0 for k in kernel), f"Filter dimensions must be nonzero (kernel {kernel}).")
 
-    if has("stride_h") or has("stride_w"):
-        check(num_spatial == 2, f"stride_h & stride_w can only be used for 2D convolution "
-                                f"(input has {num_spatial} spatial axes)")
-        check(len(param.stride) == 0,
-              "Either stride or stride_h/w should be specified; not both.")
-        stride = [param.stride_h, param.stride_w]
-    else:
+    stride = _h_w(param, "stride", "stride", num_spatial, check)
+    if stride is None:
         stride = _per_axis(param.stride, 1, "stride", num_spatial, check)
     check(all(s > 0 for s in stride), f"Stride dimensions must be nonzero (stride {stride}).")
 
-    if has("pad_h") or has("pad_w"):
-        check(num_spatial == 2, f"pad_h & pad_w can only be used for 2D convolution "
-                                f"(input has {num_spatial} spatial axes)")
-        check(len(param.pad) == 0, "Either pad or pad_h/w should be specified; not both.")
-        pad = [param.pad_h, param.pad_w]
-    else:
+    pad = _h_w(param, "pad", "pad", num_spatial, check)
+    if pad is None:
         pad = _per_axis(param.pad, 0, "pad", num_spatial, check)
 
     dilation = _per_axis(param.dilation, 1, "dilation", num_spatial, check)

@@ -1,6 +1,6 @@
-"""Helpers shared by the built-in layers: axis checks with Caffe's messages, and the work
-tensors a layer keeps between calls (Caffe keeps these as private Blobs: masks, copies of an
-in-place bottom).
+"""Helpers shared by the built-in layers: axis and label-count checks with Caffe's messages,
+and the work tensors a layer keeps between calls (Caffe keeps these as private Blobs: masks,
+copies of an in-place bottom).
 
 A ``Workspace`` hands out named tensors of a requested shape. Each name owns one flat buffer that
 grows only when a larger request arrives, so steady-state iterations allocate nothing, and a
@@ -15,6 +15,7 @@ import torch
 
 from caffe import common
 from caffe.blob import Blob
+from caffe.errors import CaffeError
 
 
 class Workspace:
@@ -62,6 +63,26 @@ def axis_or_legacy(layer, blob: Blob, param, axis_field: str, legacy_field: str)
                     f"{list(blob.shape)}; it must satisfy 0 <= {legacy_field} < {n}")
         return axis
     return canonical_axis(layer, blob, int(getattr(param, axis_field)), axis_field)
+
+
+def label_layout(layer, bottom: Sequence[Blob], axis: int, axis_field: str,
+                 what: str) -> tuple[int, int, int, int]:
+    """``(axis, outer_num, num_labels, inner_num)`` of the scores ``bottom[0]`` split at the
+    canonical ``axis``, with Caffe's check that the labels ``bottom[1]`` hold outer_num *
+    inner_num values (``axis_field`` and ``what`` name the axis in the messages)."""
+    try:
+        axis = bottom[0].canonical_axis_index(axis)
+    except CaffeError as err:
+        layer.check(False, f"{axis_field}: {err}")
+    outer_num = bottom[0].count_range(0, axis)
+    num_labels = bottom[0].shape[axis]
+    inner_num = bottom[0].count_range(axis + 1)
+    layer.check(outer_num * inner_num == bottom[1].count,
+                f"Number of labels must match number of predictions; e.g., if {what} axis == 1 "
+                f"and prediction shape is (N, C, H, W), label count (number of labels) must be "
+                f"N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
+                f"{list(bottom[0].shape)}, label shape {list(bottom[1].shape)})")
+    return axis, outer_num, num_labels, inner_num
 
 
 def integer_indices(layer, values: torch.Tensor, limit: int, what: str,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from caffe.errors import CaffeError
 from caffe.layer import Layer, register
+from caffe.layers._helpers import label_layout
 from caffe.layers.loss import check_label_range, ignore_label_of, integer_labels
 
 
@@ -35,18 +35,8 @@ class AccuracyLayer(Layer):
                    f"top_k must be less than or equal to the number of classes (top_k "
                    f"{self.top_k}, prediction shape {list(bottom[0].shape)}, label shape "
                    f"{list(bottom[1].shape)})")
-        try:
-            self.axis = bottom[0].canonical_axis_index(self.layer_param.accuracy_param.axis)
-        except CaffeError as err:
-            self.check(False, f"accuracy_param.axis: {err}")
-        self.outer_num = bottom[0].count_range(0, self.axis)
-        self.num_labels = bottom[0].shape[self.axis]
-        self.inner_num = bottom[0].count_range(self.axis + 1)
-        self.check(self.outer_num * self.inner_num == bottom[1].count,
-                   f"Number of labels must match number of predictions; e.g., if label axis "
-                   f"== 1 and prediction shape is (N, C, H, W), label count (number of labels) "
-                   f"must be N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
-                   f"{list(bottom[0].shape)}, label shape {list(bottom[1].shape)})")
+        self.axis, self.outer_num, self.num_labels, self.inner_num = label_layout(
+            self, bottom, self.layer_param.accuracy_param.axis, "accuracy_param.axis", "label")
         top[0].reshape([])
         if len(top) > 1:
             top[1].reshape([self.num_labels])

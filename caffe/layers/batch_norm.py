@@ -8,6 +8,36 @@ from caffe.blob import Blob
 from caffe.layer import Layer, register
 from caffe.proto import caffe_pb2
 
+_aten = torch.ops.aten
+
+
+def per_channel_sums(dy: torch.Tensor, x: torch.Tensor, mean: torch.Tensor,
+                     inv_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum(dy * (x - mean) * inv_std) and sum(dy) per channel of (N, C, L) tensors, in one
+    pass over the data (the reductions of torch's fused batch-norm backward kernel)."""
+    _, dot, total = _aten.native_batch_norm_backward(dy, x, None, None, None, mean, inv_std,
+                                                     True, 0.0, [False, True, True])
+    return dot, total
+
+
+def affine_into(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
+                shift: torch.Tensor, out: torch.Tensor, unit: torch.Tensor) -> None:
+    """out = (x - center) * scale + shift per channel of (N, C, L) tensors, in one pass (torch's
+    inference-mode batch-norm kernel with variance 1 and eps 0, so its 1 / sqrt(var + eps) is
+    exactly 1). ``out`` may be ``x``; ``unit`` is a tensor of C ones."""
+    _aten.native_batch_norm.out(x, scale, shift, center, unit, False, 0.0, 0.0, out=out,
+                                save_mean=_EMPTY[x.dtype, x.device],
+                                save_invstd=_EMPTY[x.dtype, x.device])
+
+
+class _Empty(dict):
+    def __missing__(self, key):
+        value = self[key] = torch.empty(0, dtype=key[0], device=key[1])
+        return value
+
+
+_EMPTY = _Empty()
+
 
 @register("BatchNorm")
 class BatchNormLayer(Layer):
@@ -18,8 +48,9 @@ class BatchNormLayer(Layer):
     spatial axes (m = count / C values each). Three parameter blobs hold running sums, never
     gradients: the mean sum (C), the variance sum (C) and the scale factor s (1).
 
-    TRAIN (batch statistics): y = (x - mean) / sqrt(var + eps) with the biased batch variance,
-    then s <- f s + 1, mean_sum <- f mean_sum + mean, var_sum <- f var_sum + m / (m - 1) var.
+    TRAIN (batch statistics): y = (x - mean) / sqrt(var + eps) with the biased batch variance
+    var = mean((x - mean)^2), then s <- f s + 1, mean_sum <- f mean_sum + mean,
+    var_sum <- f var_sum + m / (m - 1) var.
     dE/dx = (dy - mean(dy) - y * mean(dy * y)) / sqrt(var + eps).
     Global statistics: mean = mean_sum / s, var = var_sum / s (both 0 when s is 0), and
     dE/dx = dy / sqrt(var + eps).
@@ -62,52 +93,61 @@ class BatchNormLayer(Layer):
                            f"parameters (param {i} has lr_mult "
                            f"{self.layer_param.param[i].lr_mult}; it must be 0 or unset).")
         self.param_propagate_down = [False] * len(self.blobs)
-        self.mean = Blob(dtype=self.dtype)
-        self.std = Blob(dtype=self.dtype)  # sqrt(var + eps), kept for backward
-        self.x_norm = Blob(dtype=self.dtype)  # cached: a later in-place layer may clobber top
-        self.temp = Blob(dtype=self.dtype)
+        # Per-channel values: mean, variance, 1 / sqrt(var + eps), and constants 0 and 1.
+        self.stats = Blob((5, self.channels), dtype=self.dtype)
+        self.stats.mutable_device_data()[4].fill_(1)
+        # y, kept when running in place: the top is the bottom, so x is gone by backward, and a
+        # later in-place layer may rewrite y too.
+        self.x_norm = Blob(dtype=self.dtype)
+        self.shape3: tuple[int, int, int] | None = None
 
     def _check_axes(self, blob: Blob) -> None:
         self.check(blob.num_axes >= 2,
                    f"bottom must have at least 2 axes (N, C, ...), got shape {list(blob.shape)}")
 
     def reshape(self, bottom, top):
-        self._check_axes(bottom[0])
-        self.check(bottom[0].shape[1] == self.channels,
-                   f"bottom has {bottom[0].shape[1]} channels (shape {list(bottom[0].shape)}) "
-                   f"but the layer was set up for {self.channels}")
+        shape = bottom[0].shape
+        if len(shape) < 2 or shape[1] != self.channels:
+            self._check_axes(bottom[0])
+            self.check(False, f"bottom has {shape[1]} channels (shape {list(shape)}) but the "
+                              f"layer was set up for {self.channels}")
         if top[0] is not bottom[0]:
             top[0].reshape_like(bottom[0])
-        self.mean.reshape((self.channels,))
-        self.std.reshape((self.channels,))
-        self.x_norm.reshape_like(bottom[0])
-        self.temp.reshape_like(bottom[0])
+        else:
+            self.x_norm.reshape_like(bottom[0])
+        self.shape3 = (shape[0], self.channels, bottom[0].count // max(1, shape[0] *
+                                                                        self.channels))
 
-    def _view3(self, blob_tensor: torch.Tensor) -> torch.Tensor:
-        num = blob_tensor.shape[0]
-        return blob_tensor.view(num, self.channels, -1)
+    def _stats(self) -> tuple[torch.Tensor, ...]:
+        mean, variance, inv_std, zero, one = self.stats.mutable_device_data()
+        return mean, variance, inv_std, zero, one
 
     def forward(self, bottom, top):
-        x = self._view3(bottom[0].device_data())
-        mean = self.mean.mutable_device_data()
-        std = self.std.mutable_device_data()
-        x_norm = self._view3(self.x_norm.mutable_device_data())
+        shape3 = self.shape3
+        x = bottom[0].device_data().view(shape3)
+        y = top[0].mutable_device_data().view(shape3)
+        mean, variance, inv_std, zero, one = self._stats()
         if self.use_global_stats:
             factor = self.blobs[2].device_data().view(-1)
             scale = torch.where(factor == 0, torch.zeros_like(factor), factor.reciprocal())
             torch.mul(self.blobs[0].device_data().view(-1), scale, out=mean)
-            torch.mul(self.blobs[1].device_data().view(-1), scale, out=std)
-            torch.sub(x, mean.view(1, -1, 1), out=x_norm)
-        else:
-            torch.mean(x, dim=(0, 2), out=mean)
-            torch.sub(x, mean.view(1, -1, 1), out=x_norm)
-            temp = self._view3(self.temp.mutable_device_data())
-            torch.mul(x_norm, x_norm, out=temp)
-            torch.mean(temp, dim=(0, 2), out=std)  # the batch variance, for now
-            self._update_running_stats(mean, std, bottom[0].count // self.channels)
-        std.add_(self.eps).sqrt_()
-        x_norm.div_(std.view(1, -1, 1))
-        top[0].mutable_device_data().copy_(x_norm.view(top[0].shape))
+            torch.mul(self.blobs[1].device_data().view(-1), scale, out=variance)
+            variance.add_(self.eps)
+            torch.rsqrt(variance, out=inv_std)
+            torch.sub(x, mean.view(1, -1, 1), out=y)
+            y.mul_(inv_std.view(1, -1, 1))
+            return
+        m = shape3[0] * shape3[2]
+        torch.mean(x, dim=(0, 2), out=mean)
+        torch.sub(x, mean.view(1, -1, 1), out=y)
+        # sum((x - mean)^2) per channel without materializing the squares.
+        sum_sq, _ = per_channel_sums(y, y, zero, one)
+        torch.div(sum_sq, m, out=variance)
+        self._update_running_stats(mean, variance, m)
+        torch.rsqrt(variance.add(self.eps), out=inv_std)
+        y.mul_(inv_std.view(1, -1, 1))
+        if top[0] is bottom[0]:
+            self.x_norm.mutable_device_data().view(shape3).copy_(y)
 
     def _update_running_stats(self, mean, variance, m: int) -> None:
         f = self.moving_average_fraction
@@ -123,20 +163,26 @@ class BatchNormLayer(Layer):
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        dy = self._view3(top[0].device_diff())
-        std = self.std.device_data().view(1, -1, 1)
-        # In place, dx and dy share memory; every read of dy below precedes the final write
-        # or is elementwise with it.
-        dx = self._view3(bottom[0].mutable_device_diff())
+        shape3 = self.shape3
+        dy = top[0].device_diff().view(shape3)
+        # In place, dx and dy share memory: each pass below reads dy before writing dx at the
+        # same position.
+        dx = bottom[0].mutable_device_diff().view(shape3)
+        mean, variance, inv_std, zero, one = self._stats()
         if self.use_global_stats:
-            torch.div(dy, std, out=dx)
+            torch.mul(dy, inv_std.view(1, -1, 1), out=dx)
             return
-        y = self._view3(self.x_norm.device_data())
-        temp = self._view3(self.temp.mutable_device_data())
-        torch.mul(dy, y, out=temp)
-        mean_dy_y = temp.mean(dim=(0, 2), keepdim=True)
-        mean_dy = dy.mean(dim=(0, 2), keepdim=True)
-        torch.mul(y, mean_dy_y, out=temp)
-        temp.add_(mean_dy)
-        torch.sub(dy, temp, out=dx)
-        dx.div_(std)
+        m = shape3[0] * shape3[2]
+        # dE/dx = inv_std * (dy - sum(dy) / m) - inv_std * sum(dy * y) / m * y.
+        if top[0] is bottom[0]:
+            y = self.x_norm.device_data().view(shape3)
+            dot, total = per_channel_sums(dy, y, zero, one)
+            affine_into(dy, zero, inv_std, total.mul_(inv_std).div_(-m), dx, one)
+            dx.addcmul_(y, dot.mul_(inv_std).div_(-m).view(1, -1, 1))
+        else:
+            # y = (x - mean) * inv_std from the untouched bottom.
+            x = bottom[0].device_data().view(shape3)
+            dot, total = per_channel_sums(dy, x, mean, inv_std)
+            affine_into(x, mean, dot.mul_(inv_std).mul_(inv_std).div_(-m),
+                        total.mul_(inv_std).div_(-m), dx, one)
+            dx.addcmul_(dy, inv_std.view(1, -1, 1))

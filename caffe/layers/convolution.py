@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from caffe.blob import Blob
-from caffe.filler import fill
 from caffe.layer import Layer, register
 from caffe.layers._conv_util import (
     ConvGeometry,
     canonical_axis,
     check_conv_output,
-    check_param_shape,
     col2im_nd,
     conv_geometry,
     im2col_nd,
+    setup_weight_and_bias,
 )
 
 _aten = torch.ops.aten
@@ -66,22 +64,8 @@ class BaseConvolutionLayer(Layer):
             conv_out, conv_in = self.num_output, self.channels
         weight_shape = [conv_out, conv_in // self.group, *self.geom.kernel]
         self.bias_term = p.bias_term
-        bias_shape = [self.num_output]
-        if self.blobs:
-            self.check(len(self.blobs) == 1 + self.bias_term,
-                       f"Incorrect number of weight blobs: expected {1 + self.bias_term}, got "
-                       f"{len(self.blobs)}")
-            check_param_shape(self.check, self.blobs[0], weight_shape, "weight")
-            if self.bias_term:
-                check_param_shape(self.check, self.blobs[1], bias_shape, "bias")
-        else:
-            weight = Blob(weight_shape, dtype=self.dtype)
-            fill(weight, p.weight_filler)
-            self.blobs = [weight]
-            if self.bias_term:
-                bias = Blob(bias_shape, dtype=self.dtype)
-                fill(bias, p.bias_filler)
-                self.blobs.append(bias)
+        bias_shape = [self.num_output] if self.bias_term else None
+        setup_weight_and_bias(self, weight_shape, bias_shape, p)
         # 1x1 kernels with unit stride and no padding are matrix products (Caffe skips im2col
         # there too); other ranks torch has kernels for run natively, the rest via im2col.
         self._gemm = self.geom.is_1x1

@@ -116,17 +116,8 @@ class DatumBatchLoader(BatchLoader):
             raise self.error(datums[0][0], str(exc)) from None
         shape[0] = self.batch_size
         batch.ensure(shape, [self.batch_size] if self.output_labels else None, self.dtype)
-        # Random draws stay sequential (and so repeatable); the pixel work may run in parallel.
-        draws = [self.transformer.draw(img.shape[1], img.shape[2]) for img in images]
-        data = batch.data
-
-        def transform(i: int) -> None:
-            try:
-                self.transformer.transform(images[i], data[i], draws[i])
-            except DataError as exc:
-                raise self.error(datums[i][0], str(exc)) from None
-
-        self.map(transform, list(range(self.batch_size)))
+        self.transform_images(images, batch.data,
+                             lambda i, exc: self.error(datums[i][0], str(exc)))
         if self.output_labels:
             batch.label[...] = [datum.label for _, datum in datums]
 

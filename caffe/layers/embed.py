@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from caffe.blob import Blob
-from caffe.filler import fill
 from caffe.layer import Layer, register
+from caffe.layers._conv_util import new_weight_and_bias
 from caffe.layers._helpers import integer_indices
 
 
@@ -32,13 +31,9 @@ class EmbedLayer(Layer):
         self.check(self.input_dim > 0, "input_dim must be positive (embed_param.input_dim)")
         self.bias_term = bool(param.bias_term)
         if not self.blobs:
-            weight = Blob([self.input_dim, self.num_output], dtype=self.dtype)
-            fill(weight, param.weight_filler)
-            self.blobs = [weight]
-            if self.bias_term:
-                bias = Blob([self.num_output], dtype=self.dtype)
-                fill(bias, param.bias_filler)
-                self.blobs.append(bias)
+            self.blobs = new_weight_and_bias([self.input_dim, self.num_output],
+                                             [self.num_output] if self.bias_term else None,
+                                             param, self.dtype)
         expected = [[self.input_dim, self.num_output]] + ([[self.num_output]]
                                                           if self.bias_term else [])
         self.check(len(self.blobs) == len(expected),

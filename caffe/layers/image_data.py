@@ -97,16 +97,8 @@ class ImageBatchLoader(BatchLoader):
         shape = self.transformer.infer_blob_shape(images[0])
         shape[0] = self.batch_size
         batch.ensure(shape, [self.batch_size], self.dtype)
-        draws = [self.transformer.draw(img.shape[1], img.shape[2]) for img in images]
-        data = batch.data
-
-        def transform(i: int) -> None:
-            try:
-                self.transformer.transform(images[i], data[i], draws[i])
-            except DataError as exc:
-                raise DataError(f"{self.where}: image {entries[i][0]!r}: {exc}") from None
-
-        self.map(transform, list(range(self.batch_size)))
+        self.transform_images(images, batch.data, lambda i, exc: DataError(
+            f"{self.where}: image {entries[i][0]!r}: {exc}"))
         batch.label[...] = [label for _, label in entries]
 
 

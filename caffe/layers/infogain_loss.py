@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from caffe.blob import Blob
-from caffe.errors import CaffeError
 from caffe.layer import LossLayer, register
+from caffe.layers._helpers import label_layout
 from caffe.layers.loss import (
     LOG_THRESHOLD,
     check_label_range,
@@ -62,18 +62,9 @@ class InfogainLossLayer(LossLayer):
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
-        try:
-            self.axis = bottom[0].canonical_axis_index(self.layer_param.infogain_loss_param.axis)
-        except CaffeError as err:
-            self.check(False, f"infogain_loss_param.axis: {err}")
-        self.outer_num = bottom[0].count_range(0, self.axis)
-        self.num_labels = bottom[0].shape[self.axis]
-        self.inner_num = bottom[0].count_range(self.axis + 1)
-        self.check(self.outer_num * self.inner_num == bottom[1].count,
-                   f"Number of labels must match number of predictions; e.g., if infogain axis "
-                   f"== 1 and prediction shape is (N, C, H, W), label count (number of labels) "
-                   f"must be N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
-                   f"{list(bottom[0].shape)}, label shape {list(bottom[1].shape)})")
+        self.axis, self.outer_num, self.num_labels, self.inner_num = label_layout(
+            self, bottom, self.layer_param.infogain_loss_param.axis,
+            "infogain_loss_param.axis", "infogain")
         matrix = self._matrix(bottom)
         self.check(matrix.count == self.num_labels * self.num_labels,
                    f"the infogain matrix must hold {self.num_labels} x {self.num_labels} values "

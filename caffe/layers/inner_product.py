@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from caffe.blob import Blob
-from caffe.filler import fill
 from caffe.layer import Layer, register
-from caffe.layers._conv_util import canonical_axis, check_param_shape
+from caffe.layers._conv_util import canonical_axis, setup_weight_and_bias
 
 
 @register("InnerProduct")
@@ -35,22 +33,9 @@ class InnerProductLayer(Layer):
         self.K = bottom[0].count_range(self.axis)
         weight_shape = [self.K, self.num_output] if self.transpose else \
             [self.num_output, self.K]
-        if self.blobs:
-            self.check(len(self.blobs) == 1 + self.bias_term,
-                       f"Incorrect number of weight blobs: expected {1 + self.bias_term}, got "
-                       f"{len(self.blobs)}")
-            check_param_shape(self.check, self.blobs[0], weight_shape,
+        bias_shape = [self.num_output] if self.bias_term else None
+        setup_weight_and_bias(self, weight_shape, bias_shape, p,
                               f"weight (transpose: {str(self.transpose).lower()})")
-            if self.bias_term:
-                check_param_shape(self.check, self.blobs[1], [self.num_output], "bias")
-        else:
-            weight = Blob(weight_shape, dtype=self.dtype)
-            fill(weight, p.weight_filler)
-            self.blobs = [weight]
-            if self.bias_term:
-                bias = Blob([self.num_output], dtype=self.dtype)
-                fill(bias, p.bias_filler)
-                self.blobs.append(bias)
 
     def reshape(self, bottom, top):
         axis = canonical_axis(self.check, bottom[0], self.layer_param.inner_product_param.axis)

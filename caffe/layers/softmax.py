@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 
 from caffe.layer import Layer, register
-from caffe.layers._helpers import Workspace, canonical_axis
+from caffe.layers._helpers import canonical_axis
+
+
+def softmax_into(x: torch.Tensor, out: torch.Tensor, dim: int, aliased: bool = False) -> None:
+    """Softmax of ``x`` along ``dim`` written into ``out`` by torch's fused kernel, which shifts
+    by the maximum as Caffe does. torch does not specify the kernel's result when ``out`` is
+    ``x``, so that case (``aliased``) goes through a temporary."""
+    if aliased:
+        out.copy_(torch._softmax(x, dim, False))
+    else:
+        torch._softmax(x, dim, False, out=out)
 
 
 @register("Softmax")
@@ -20,38 +30,38 @@ class SoftmaxLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
 
-    def __init__(self, param, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__(param, dtype)
-        self.workspace = Workspace()
+    def setup(self, bottom, top):
+        self.axis_param = int(self.layer_param.softmax_param.axis)
+        self.bottom_shape: tuple[int, ...] | None = None  # the shape the geometry is for
 
     def reshape(self, bottom, top):
-        self.axis = canonical_axis(self, bottom[0], int(self.layer_param.softmax_param.axis))
+        shape = bottom[0].shape
+        if shape != self.bottom_shape:
+            self.axis = canonical_axis(self, bottom[0], self.axis_param)
+            # (outer, C, inner); with inner 1, (outer, C): torch's kernel along the last,
+            # contiguous axis is several times faster than along an inner one.
+            outer, inner = bottom[0].count_range(0, self.axis), bottom[0].count_range(
+                self.axis + 1)
+            work_shape = (outer, shape[self.axis]) + ((inner,) if inner != 1 else ())
+            self.work_shape = work_shape if work_shape != shape else None  # None: as is
+            self.bottom_shape = shape
         if top[0] is not bottom[0]:
             top[0].reshape_like(bottom[0])
-        scale_shape = list(bottom[0].shape)
-        scale_shape[self.axis] = 1
-        self.scale_shape = scale_shape
 
-    def _scale(self, like: torch.Tensor) -> torch.Tensor:
-        return self.workspace.get("scale", self.scale_shape, like.dtype, like.device)
+    def _work(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.work_shape is None else tensor.view(self.work_shape)
 
     def forward(self, bottom, top):
-        x = bottom[0].device_data()
-        y = top[0].mutable_device_data()
-        scale = self._scale(y)
-        torch.amax(x, dim=self.axis, keepdim=True, out=scale)
-        torch.sub(x, scale, out=y)
-        y.exp_()
-        torch.sum(y, dim=self.axis, keepdim=True, out=scale)
-        y.div_(scale)
+        softmax_into(self._work(bottom[0].device_data()),
+                     self._work(top[0].mutable_device_data()), 1, aliased=top[0] is bottom[0])
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
-        y = top[0].device_data()
-        dy = top[0].device_diff()
-        scale = self._scale(y)
-        torch.sum(dy * y, dim=self.axis, keepdim=True, out=scale)
-        dx = bottom[0].mutable_device_diff()
-        torch.sub(dy, scale, out=dx)
-        dx.mul_(y)
+        y = self._work(top[0].device_data())
+        dy = self._work(top[0].device_diff())
+        if top[0] is bottom[0]:  # dx would overwrite dy: go through a temporary
+            dy.copy_(torch._softmax_backward_data(dy, y, 1, y.dtype))
+        else:
+            torch._softmax_backward_data(dy, y, 1, y.dtype,
+                                         grad_input=self._work(bottom[0].mutable_device_diff()))

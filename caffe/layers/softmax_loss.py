@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from caffe import common
 from caffe.blob import Blob
 from caffe.errors import CaffeError
 from caffe.layer import LossLayer, register
 from caffe.layers.loss import (
     FLT_MIN,
+    VALID,
     check_label_range,
     get_normalizer,
     ignore_label_of,
-    integer_labels,
     normalization_mode,
 )
-
-
-def softmax_into(x: torch.Tensor, out: torch.Tensor, dim: int) -> None:
-    """Numerically stable softmax of ``x`` along ``dim`` written into ``out`` (max shifted)."""
-    torch.sub(x, x.amax(dim=dim, keepdim=True), out=out)
-    out.exp_()
-    out.div_(out.sum(dim=dim, keepdim=True))
+from caffe.layers.softmax import softmax_into
 
 
 @register("SoftmaxWithLoss")
@@ -46,9 +41,22 @@ class SoftmaxWithLossLayer(LossLayer):
         self.ignore_label = ignore_label_of(loss_param)
         self.normalization = normalization_mode(loss_param)
         self.prob = Blob(dtype=self.dtype)
+        # Geometry and work tensors are worked out when the bottom shapes (or the mode) change.
+        self.geometry_key: tuple | None = None
 
     def reshape(self, bottom, top):
-        super().reshape(bottom, top)
+        key = (bottom[0].shape, bottom[1].shape, common.mode())
+        if key != self.geometry_key:
+            super().reshape(bottom, top)
+            self._set_geometry(bottom)
+            self.geometry_key = key
+        elif top[0].num_axes:
+            top[0].reshape([])
+        self.prob.reshape_like(bottom[0])
+        if len(top) >= 2:
+            top[1].reshape_like(bottom[0])
+
+    def _set_geometry(self, bottom) -> None:
         try:
             self.axis = bottom[0].canonical_axis_index(self.layer_param.softmax_param.axis)
         except CaffeError as err:
@@ -62,52 +70,78 @@ class SoftmaxWithLossLayer(LossLayer):
                    f"must be N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
                    f"{list(bottom[0].shape)}, axis {self.axis}, label shape "
                    f"{list(bottom[1].shape)})")
-        self.prob.reshape_like(bottom[0])
-        if len(top) >= 2:
-            top[1].reshape_like(bottom[0])
+        # (outer, C, inner), or (outer, C) when inner is 1: torch's softmax along the last,
+        # contiguous axis is several times faster than along an inner one.
+        inner = (self.inner_num,) if self.inner_num != 1 else ()
+        self.shape3 = (self.outer_num, self.num_classes, *inner)
+        picked = (self.outer_num, 1, *inner)
+        self.all_axes = tuple(range(len(picked)))
+        # None where a blob's own shape already is the work shape (no view needed).
+        self.work_shape = self.shape3 if self.shape3 != bottom[0].shape else None
+        dev = common.device()
+        self.labels = torch.empty(picked, dtype=torch.int64, device=dev)  # as C++ casts them
+        self.labels_flat = self.labels.view(-1)
+        self.picked = torch.empty(picked, dtype=self.dtype, device=dev)
+        self.minus_one = torch.full(picked, -1.0, dtype=self.dtype, device=dev)
+        # Without ignored labels every normalizer is a constant of the shape.
+        self.fixed_normalizer = float(get_normalizer(
+            self.normalization, self.outer_num, self.inner_num, None))
 
-    def _labels(self, bottom):
-        labels = integer_labels(bottom[1].device_data()).view(self.outer_num, self.inner_num)
-        valid = None
-        if self.ignore_label is not None:
-            valid = labels != self.ignore_label
-        return labels, valid
+    def _read_labels(self, bottom) -> torch.Tensor | None:
+        """Copy the labels into ``self.labels`` (truncated to integers), check their range, and
+        return the mask of the labels that count (None: all of them)."""
+        labels = self.labels
+        source = bottom[1].device_data()
+        self.labels_flat.copy_(source if source.dim() == 1 else source.reshape(-1))
+        valid = None if self.ignore_label is None else labels != self.ignore_label
+        low, high = torch.aminmax(labels)
+        if int(low) < 0 or int(high) >= self.num_classes:  # maybe only ignored ones
+            check_label_range(self, labels, valid, self.num_classes)
+        return valid
+
+    def _normalizer(self, valid):
+        if valid is None or self.normalization != VALID:
+            return self.fixed_normalizer
+        return valid.sum().clamp_min_(1)
+
+    def _work(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.work_shape is None else tensor.view(self.work_shape)
 
     def forward(self, bottom, top):
-        shape3 = (self.outer_num, self.num_classes, self.inner_num)
-        prob = self.prob.mutable_device_data().view(shape3)
-        softmax_into(bottom[0].device_data().view(shape3), prob, dim=1)
-        labels, valid = self._labels(bottom)
-        check_label_range(self, labels, valid, self.num_classes)
-        safe = labels if valid is None else labels.masked_fill(~valid, 0)
-        picked = prob.gather(1, safe.unsqueeze(1)).squeeze(1).clamp_min(FLT_MIN).log_()
-        if valid is None:
-            loss = -picked.sum()
-            count = None
+        prob = self._work(self.prob.mutable_device_data())
+        softmax_into(self._work(bottom[0].device_data()), prob, 1)
+        valid = self.valid = self._read_labels(bottom)
+        labels = self.labels
+        if valid is not None:
+            labels = labels.masked_fill(~valid, 0)  # any class: the term is masked out below
+        picked = self.picked
+        torch.gather(prob, 1, labels, out=picked)
+        picked.clamp_min_(FLT_MIN).log_()
+        if valid is not None:
+            picked.mul_(valid)
+        loss = top[0].mutable_device_data()
+        torch.sum(picked, dim=self.all_axes, out=loss)
+        normalizer = self._normalizer(valid)
+        if isinstance(normalizer, float):
+            loss.mul_(-1.0 / normalizer)
         else:
-            loss = -(picked * valid).sum()
-            count = valid.sum()
-        normalizer = get_normalizer(self.normalization, self.outer_num, self.inner_num, count)
-        top[0].mutable_device_data().copy_(loss / normalizer)
+            loss.neg_().div_(normalizer)
         if len(top) >= 2:
-            top[1].mutable_device_data().copy_(self.prob.device_data())
+            self._work(top[1].mutable_device_data()).copy_(prob)
 
     def backward(self, top, propagate_down, bottom):
         self.check(not propagate_down[1], "Layer cannot backpropagate to label inputs.")
         if not propagate_down[0]:
             return
-        shape3 = (self.outer_num, self.num_classes, self.inner_num)
-        diff = bottom[0].mutable_device_diff().view(shape3)
-        diff.copy_(self.prob.device_data().view(shape3))
-        labels, valid = self._labels(bottom)
-        safe = labels if valid is None else labels.masked_fill(~valid, 0)
-        minus_one = torch.full(safe.shape, -1.0, dtype=diff.dtype, device=diff.device)
-        count = None
-        if valid is not None:
-            minus_one.mul_(valid)
-            count = valid.sum()
-        diff.scatter_add_(1, safe.unsqueeze(1), minus_one.unsqueeze(1))
-        if valid is not None:
-            diff.mul_(valid.unsqueeze(1))
-        normalizer = get_normalizer(self.normalization, self.outer_num, self.inner_num, count)
+        # The labels and mask are the ones forward read (the label bottom is not changed
+        # between the two passes).
+        diff = self._work(bottom[0].mutable_device_diff())
+        diff.copy_(self._work(self.prob.device_data()))
+        valid = self.valid
+        if valid is None:
+            diff.scatter_add_(1, self.labels, self.minus_one)
+        else:
+            diff.scatter_add_(1, self.labels.masked_fill(~valid, 0), self.minus_one)
+            diff.mul_(valid)
+        normalizer = self._normalizer(valid)
         diff.mul_(top[0].device_diff() / normalizer)

@@ -2,7 +2,8 @@
 
 ``SGD`` (sgd.py) holds what they share: learning-rate policies, gradient clipping, iter_size
 normalization, L2/L1 regularization and the history blobs that snapshots carry. The others
-override ``compute_update_value`` (and, for AdaDelta and Adam, add a second history set).
+override ``compute_update_value`` (AdaDelta and Adam also keep a second history set:
+``history_sets = 2``).
 """
 
 from caffe.solvers.adadelta import AdaDeltaSolver

@@ -12,37 +12,27 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from caffe.solver import register_solver
-from caffe.solvers.sgd import SGDSolver
+from caffe.solvers.sgd import SGDSolver, rms_scaled_update, update_mean_square
 
 
 @register_solver("Adam")
 class AdamSolver(SGDSolver):
     """Bias-corrected running means of the gradient and its square (Kingma & Ba)."""
 
-    def pre_solve(self) -> None:
-        super().pre_solve()
-        self.history += self._new_history_set()
+    history_sets = 2
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
-        blob = self.net.learnable_params[param_id]
-        if not blob.count:
-            return
         beta1 = self.param.momentum
         beta2 = self.param.momentum2
         n = len(self.net.learnable_params)
         t = self.iter + 1
         correction = math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-        g = blob.mutable_device_diff()
+        g = self.net.learnable_params[param_id].mutable_device_diff()
         m = self.history[param_id].mutable_device_data()
         v = self.history[n + param_id].mutable_device_data()
         tmp = self.temp[param_id].mutable_device_data()
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-        torch.mul(g, g, out=tmp)
-        v.mul_(beta2).add_(tmp, alpha=1.0 - beta2)
-        torch.sqrt(v, out=tmp)
-        tmp.add_(self.param.delta)
-        torch.div(m, tmp, out=tmp)
-        torch.mul(tmp, self.local_rate(param_id, rate) * correction, out=g)
+        update_mean_square(v, g, tmp, beta2)
+        rms_scaled_update(m, v, tmp, self.param.delta,
+                          self.local_rate(param_id, rate) * correction, out=g)

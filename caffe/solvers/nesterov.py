@@ -19,11 +19,8 @@ class NesterovSolver(SGDSolver):
     """SGD with Nesterov momentum; one history blob per parameter."""
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
-        blob = self.net.learnable_params[param_id]
-        if not blob.count:
-            return
         momentum = self.param.momentum
-        g = blob.mutable_device_diff()
+        g = self.net.learnable_params[param_id].mutable_device_diff()
         h = self.history[param_id].mutable_device_data()
         previous = self.update[param_id].mutable_device_data()
         previous.copy_(h)

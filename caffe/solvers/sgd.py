@@ -31,9 +31,34 @@ LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 REGULARIZATION_TYPES = ("L2", "L1")
 
 
+def update_mean_square(mean: torch.Tensor, g: torch.Tensor, buffer: torch.Tensor,
+                       decay: float) -> None:
+    """mean <- decay * mean + (1 - decay) * g^2 (``buffer`` receives g^2)."""
+    torch.square(g, out=buffer)
+    mean.mul_(decay).add_(buffer, alpha=1.0 - decay)
+
+
+def rms_scaled_update(numerator: torch.Tensor, mean_square: torch.Tensor, buffer: torch.Tensor,
+                      delta: float, rate: float, out: torch.Tensor) -> None:
+    """out <- rate * numerator / (sqrt(mean_square) + delta) (``buffer`` is scratch space).
+
+    The step of AdaGrad, RMSProp and Adam."""
+    torch.sqrt(mean_square, out=buffer)
+    buffer.add_(delta)
+    torch.div(numerator, buffer, out=buffer)
+    torch.mul(buffer, rate, out=out)
+
+
 @register_solver("SGD")
 class SGDSolver(Solver):
-    """Caffe's SGDSolver; the base of the other update rules."""
+    """Caffe's SGDSolver; the base of the other update rules.
+
+    ``history_sets`` says how many history blobs per learnable parameter the rule keeps (and
+    snapshots): sets follow one another in ``history``, the i-th parameter's k-th at
+    ``history[k * n + i]``.
+    """
+
+    history_sets = 1
 
     def __init__(self, param, source: str | None = None) -> None:
         super().__init__(param, source=source)
@@ -57,10 +82,19 @@ class SGDSolver(Solver):
         return [Blob(blob.shape, dtype=blob.dtype) for blob in self.net.learnable_params]
 
     def pre_solve(self) -> None:
-        """One zeroed history, update and temp blob per learnable parameter."""
-        self.history: list[Blob] = self._new_history_set()
+        """Zeroed history blobs (``history_sets`` per learnable parameter), and one update and
+        one temp blob per learnable parameter."""
+        self.history: list[Blob] = []
+        for _ in range(self.history_sets):
+            self.history += self._new_history_set()
         self.update: list[Blob] = self._new_history_set()
         self.temp: list[Blob] = self._new_history_set()
+
+    def check_no_momentum(self) -> None:
+        """The adaptive rules that take no momentum refuse one (Caffe's CHECK_EQ)."""
+        if self.param.momentum != 0:
+            raise SolverError(f"Momentum cannot be used with {self.type_name} (momentum: "
+                              f"{self.param.momentum:g})")
 
     # --- learning rate ------------------------------------------------------------------------
     def get_learning_rate(self) -> float:
@@ -104,10 +138,11 @@ class SGDSolver(Solver):
         if p.display and self.iter % p.display == 0:
             log.info("Iteration %d, lr = %s", self.iter, f"{float(np.float32(rate)):g}")
         self.clip_gradients()
-        for param_id in range(len(self.net.learnable_params)):
+        for param_id, blob in enumerate(self.net.learnable_params):
             self.normalize(param_id)
             self.regularize(param_id)
-            self.compute_update_value(param_id, rate)
+            if blob.count:  # an empty parameter has nothing to update
+                self.compute_update_value(param_id, rate)
         self.net.update()
 
     def clip_gradients(self) -> None:
@@ -151,10 +186,8 @@ class SGDSolver(Solver):
         return rate * self.net.params_lr[param_id]
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
-        blob = self.net.learnable_params[param_id]
-        if not blob.count:
-            return
-        g = blob.mutable_device_diff()
+        """Turn the (non-empty) parameter's diff into the step that ``Net.update`` subtracts."""
+        g = self.net.learnable_params[param_id].mutable_device_diff()
         h = self.history[param_id].mutable_device_data()
         h.mul_(self.param.momentum).add_(g, alpha=self.local_rate(param_id, rate))
         g.copy_(h)

@@ -18,7 +18,7 @@ import numpy as np
 from caffe.errors import CaffeError
 from caffe.proto import caffe_pb2
 from caffe.solver import output_lines
-from caffe.tools.train import parse_flags, parse_gpus, parse_phase, parse_stages, use_devices
+from caffe.tools.train import net_from_flags, parse_flags, parse_iterations
 
 COMMAND = "test"
 
@@ -31,16 +31,8 @@ def main(argv: list[str]) -> int:
         raise CaffeError("Need a model definition to score (-model net.prototxt).")
     if not flags["weights"]:
         raise CaffeError("Need model weights to score (-weights net.caffemodel).")
-    iterations = flags["iterations"]
-    if iterations < 1:
-        raise CaffeError(f"-iterations must be at least 1, got {iterations}")
-    phase = parse_phase(flags["phase"], caffe_pb2.TEST)
-    stages = parse_stages(flags["stage"])
-    use_devices(parse_gpus(flags["gpu"]))
-
-    from caffe.net import Net
-
-    net = Net(flags["model"], phase, level=flags["level"], stages=stages)
+    iterations = parse_iterations(flags)
+    net = net_from_flags(flags, caffe_pb2.TEST)
     for weights in (w for w in flags["weights"].split(",") if w):
         net.copy_from(weights)
     log.info("Running for %d iterations.", iterations)

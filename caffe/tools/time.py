@@ -18,7 +18,7 @@ import logging
 from caffe.errors import CaffeError, NetError
 from caffe.proto import caffe_pb2
 from caffe.timer import Timer
-from caffe.tools.train import parse_flags, parse_gpus, parse_phase, parse_stages, use_devices
+from caffe.tools.train import net_from_flags, parse_flags, parse_iterations
 
 COMMAND = "time"
 
@@ -39,16 +39,8 @@ def main(argv: list[str]) -> int:
     flags = parse_flags(COMMAND, argv)
     if not flags["model"]:
         raise CaffeError("Need a model definition to time (-model net.prototxt).")
-    iterations = flags["iterations"]
-    if iterations < 1:
-        raise CaffeError(f"-iterations must be at least 1, got {iterations}")
-    phase = parse_phase(flags["phase"], caffe_pb2.TRAIN)
-    stages = parse_stages(flags["stage"])
-    use_devices(parse_gpus(flags["gpu"]))
-
-    from caffe.net import Net
-
-    net = Net(flags["model"], phase, level=flags["level"], stages=stages)
+    iterations = parse_iterations(flags)
+    net = net_from_flags(flags, caffe_pb2.TRAIN)
     log.info("Performing Forward")
     initial_loss = net.forward_prefilled()
     log.info("Initial loss: %s", f"{initial_loss:g}")

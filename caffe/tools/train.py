@@ -13,7 +13,8 @@ SIGINT and SIGHUP are turned into solver actions, checked once per iteration: ``
 under the log.
 
 This module also holds what the other brew commands (test, time, device_query) share: their
-flags, and the parsing of ``-gpu``, ``-phase`` and ``-stage``.
+flags, the parsing of ``-gpu``, ``-phase``, ``-stage`` and ``-iterations``, and building the
+``-model`` net.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +33,9 @@ from caffe.errors import CaffeError
 from caffe.proto import caffe_pb2
 from caffe.solver import Solver, SolverAction, create_solver
 from caffe.tools.flags import FlagSet
+
+if TYPE_CHECKING:
+    from caffe.net import Net
 
 COMMAND = "train"
 
@@ -100,6 +105,25 @@ def parse_phase(spec: str, default: int) -> int:
 
 def parse_stages(spec: str) -> list[str]:
     return [s for s in spec.split(",") if s]
+
+
+def parse_iterations(flags: dict[str, object]) -> int:
+    iterations = flags["iterations"]
+    if iterations < 1:
+        raise CaffeError(f"-iterations must be at least 1, got {iterations}")
+    return iterations
+
+
+def net_from_flags(flags: dict[str, object], default_phase: int) -> Net:
+    """The ``-model`` net in the ``-phase`` / ``-level`` / ``-stage`` state, on the ``-gpu``
+    device (what ``caffe test`` and ``caffe time`` build)."""
+    phase = parse_phase(flags["phase"], default_phase)
+    stages = parse_stages(flags["stage"])
+    use_devices(parse_gpus(flags["gpu"]))
+
+    from caffe.net import Net
+
+    return Net(flags["model"], phase, level=flags["level"], stages=stages)
 
 
 def use_devices(gpus: list[int]) -> None:

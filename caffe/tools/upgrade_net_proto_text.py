@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from google.protobuf.message import Message
+
 from caffe.errors import ProtoError
 from caffe.proto import caffe_pb2
 from caffe.protoio import (
@@ -60,33 +62,44 @@ def two_file_arguments(program: str, argv: list[str], what_in: str, what_out: st
     return positional[0], positional[1]
 
 
-def upgrade_net_file(program: str, argv: list[str], binary: bool) -> int:
-    """Read a net (text or binary), upgrade it if needed, write it in the same encoding."""
-    paths = two_file_arguments(program, argv, "v0_net_proto_file_in", "net_proto_file_out")
+def upgrade_proto_file(program: str, argv: list[str], what_in: str, what_out: str,
+                       message: Message, what: str, needs_upgrade: Callable[[Message], bool],
+                       upgrade: Callable[[Message, str], Message], binary: bool = False) -> int:
+    """The upgrade tools' main: read ``message`` (text or binary) from the input file, upgrade
+    it if needed, and write it in the same encoding to the output file."""
+    paths = two_file_arguments(program, argv, what_in, what_out)
     if paths is None:
         return 1
     input_file, output_file = paths
     read: Callable = read_binary_proto if binary else read_text_proto
     encoding = "binary" if binary else "text"
+    type_name = message.DESCRIPTOR.name
     try:
-        net_param = read(input_file, caffe_pb2.NetParameter(), "net proto")
+        message = read(input_file, message, what)
     except ProtoError as exc:
-        logger.error("Failed to parse input %s file as NetParameter: %s (%s)", encoding,
+        logger.error("Failed to parse input %s file as %s: %s (%s)", encoding, type_name,
                      input_file, exc)
         return 2
     success = True
-    if net_needs_upgrade(net_param):
+    if needs_upgrade(message):
         with count_logged_errors() as errors:
-            net_param = upgrade_net_as_needed(net_param, os.fspath(input_file))
+            message = upgrade(message, os.fspath(input_file))
         if errors.count:
             success = False
             logger.error("Encountered error(s) while upgrading prototxt; see details above.")
     else:
         logger.error("File already in latest proto format: %s", input_file)
     write = write_binary_proto if binary else write_text_proto
-    write(output_file, net_param)
-    logger.info("Wrote upgraded NetParameter %s proto to %s", encoding, output_file)
+    write(output_file, message)
+    logger.info("Wrote upgraded %s %s proto to %s", type_name, encoding, output_file)
     return 0 if success else 1
+
+
+def upgrade_net_file(program: str, argv: list[str], binary: bool) -> int:
+    """Read a net (text or binary), upgrade it if needed, write it in the same encoding."""
+    return upgrade_proto_file(program, argv, "v0_net_proto_file_in", "net_proto_file_out",
+                              caffe_pb2.NetParameter(), "net proto", net_needs_upgrade,
+                              upgrade_net_as_needed, binary)
 
 
 def main(argv: list[str]) -> int:
