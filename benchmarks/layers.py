@@ -3,7 +3,7 @@
 Each case builds one layer at a CaffeNet- or GoogLeNet-sized shape, times ``Forward`` and
 ``Backward`` (as a Net runs them: reshape check, top written in place, parameter diffs
 accumulated), then times the torch operator(s) that compute the same result on the same tensors
-(``F.conv2d`` and ``aten.convolution_backward``, ``F.max_pool2d`` with indices and its backward,
+(``F.conv2d`` and ``aten.convolution_backward``, max pooling with indices and its backward,
 ``F.local_response_norm`` and autograd, ...). The ratio layer / torch is the framework's
 overhead; 1.00 means none. Times are the minimum over ``--repeat`` runs after a warm-up, layer
 and torch runs interleaved. Layer types missing from the build are skipped.
@@ -92,24 +92,32 @@ def conv_baseline(transposed: bool):
 
 
 def pool_baseline(layer, bottom, top):
+    """The pooling kernels with outputs preallocated once (their ``out=`` variants): a fresh
+    19 MB gradient per call costs 0 or 2 ms more depending on the allocator's state (whether
+    the freed block comes back or new pages are faulted in), which swamps the comparison."""
     x = _data(bottom[0])
     dy = top[0].device_diff()
     plan = layer.plan
     k, s, p = plan.kernel, plan.stride, plan.pad
+    out, dx = torch.empty_like(dy), torch.empty_like(x)
     if layer.method == caffe_pb2.PoolingParameter.MAX:
         _, index = F.max_pool2d(x, k, s, p, ceil_mode=True, return_indices=True)
+        out_index = torch.empty_like(index)
 
         def fwd():
-            return F.max_pool2d(x, k, s, p, ceil_mode=True, return_indices=True)
+            return aten.max_pool2d_with_indices.out(x, k, s, p, [1, 1], True, out=out,
+                                                    indices=out_index)
 
         def bwd():
-            return aten.max_pool2d_with_indices_backward(dy, x, k, s, p, [1, 1], True, index)
+            return aten.max_pool2d_with_indices_backward.grad_input(
+                dy, x, k, s, p, [1, 1], True, index, grad_input=dx)
     else:
         def fwd():
-            return F.avg_pool2d(x, k, s, p, ceil_mode=True, count_include_pad=True)
+            return aten.avg_pool2d.out(x, k, s, p, True, True, None, out=out)
 
         def bwd():
-            return aten.avg_pool2d_backward(dy, x, k, s, p, True, True, None)
+            return aten.avg_pool2d_backward.grad_input(dy, x, k, s, p, True, True, None,
+                                                       grad_input=dx)
     return fwd, bwd
 
 
@@ -335,9 +343,22 @@ def timed(fn: Callable, number: int = 1) -> float:
 
 
 def calls_per_sample(fn: Callable, min_seconds: float = 0.03) -> int:
-    """Enough calls for one timing sample to last ``min_seconds`` (timeit's autorange)."""
+    """Enough calls for one timing sample to last ``min_seconds`` (timeit's autorange), sized
+    from a second call: the first one pays lazy allocations (a blob's first touch) and would
+    leave the samples too short to average out a cold cache at their start."""
+    fn()
     once = max(timed(fn), 1e-7)
     return max(1, int(np.ceil(min_seconds / once)))
+
+
+def sample_orders(keys: list[str], repeat: int) -> list[list[str]]:
+    """``repeat`` interleaved orders of ``keys``: every rotation of them, forwards and
+    backwards, in turn. A call runs slower right after some others (a large forward leaves the
+    caches and the allocator in another state), so each function follows each of the others
+    in some rounds; drifts over time hit both sides."""
+    patterns = [keys[i:] + keys[:i] for i in range(len(keys))]
+    patterns += [list(reversed(p)) for p in patterns]
+    return [patterns[r % len(patterns)] for r in range(repeat)]
 
 
 def run_case(case: Case, repeat: int, min_time: float = 0.03) -> dict:
@@ -355,11 +376,9 @@ def run_case(case: Case, repeat: int, min_time: float = 0.03) -> dict:
     # Warm-up (allocators, caches, lazy initialisation), then one call count per function.
     number = {key: calls_per_sample(fn, min_time) for key, fn in functions.items()}
     runs = {key: [] for key in functions}
-    order = list(functions)
-    for _ in range(repeat):  # interleaved, order reversed each round: drifts hit both sides
+    for order in sample_orders(list(functions), repeat):
         for key in order:
             runs[key].append(timed(functions[key], number[key]) * 1e3)
-        order.reverse()
     best = {key: min(values) for key, values in runs.items()}
     return {
         "net": case.net, "layer": case.name, "type": case.layer_type,

@@ -21,6 +21,7 @@ from caffe.layer import layer_type_list
 from caffe.layers.python import PythonLayer as Layer
 from caffe.net import Net
 from caffe.net_spec import NetSpec, layers, params, to_proto
+from caffe.parallel import NCCL, train_parallel
 from caffe.proto.caffe_pb2 import TEST, TRAIN
 from caffe.solver import get_solver
 from caffe.solvers import (
@@ -37,7 +38,7 @@ __version__ = "1.0.0"
 
 __all__ = [
     "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver", "RMSPropSolver",
-    "SGDSolver", "get_solver",
+    "SGDSolver", "get_solver", "NCCL", "train_parallel",
     "Blob", "CaffeError", "Classifier", "Detector", "Layer", "Net", "NetSpec", "Timer", "io",
     "layers", "params", "to_proto", "TEST", "TRAIN", "has_nccl", "layer_type_list",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",

@@ -15,9 +15,12 @@ One iteration of ``step``:
 3. callbacks' ``on_start``;
 4. ``iter_size`` forward/backward passes (parameter diffs accumulate), loss averaged;
 5. smoothed loss over the last ``average_loss`` iterations; display;
-6. callbacks' ``on_gradients_ready``;
+6. callbacks' ``on_gradients_ready`` (in multi-process training, the all-reduce of the diffs);
 7. ``apply_update`` (the subclass's learning rate, clipping, normalize, regularize, update);
 8. ``iter += 1``; snapshot on schedule or on request; stop on request.
+
+In multi-process training (:mod:`caffe.parallel`) only the root solver (rank 0) tests,
+displays and snapshots, as in Caffe; each rank seeds with ``random_seed + rank``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Callable
 import numpy as np
 from google.protobuf import text_format
 
+from caffe.common import root_solver
 from caffe.errors import SolverError
 from caffe.proto import caffe_pb2
 
@@ -153,9 +157,10 @@ class Solver:
         self.check_parameters()
         self.check_snapshot_write_permissions()
         if param.random_seed >= 0:
-            from caffe.common import set_random_seed
+            from caffe.common import set_random_seed, solver_rank
 
-            set_random_seed(param.random_seed)
+            # Each solver of a multi-process run draws its own stream (dropout masks, crops).
+            set_random_seed(param.random_seed + solver_rank())
         self.init_train_net()
         self.init_test_nets()
         log.info("Solver scaffolding done.")
@@ -304,7 +309,8 @@ class Solver:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
+                if root_solver():
+                    self.test_all()
                 if self.requested_early_exit:
                     break
             for callback in self.callbacks:
@@ -316,7 +322,7 @@ class Solver:
                 loss += self.net.forward_backward()
             loss /= p.iter_size
             self.update_smoothed_loss(loss, start_iter, p.average_loss)
-            if display:
+            if display and root_solver():
                 log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
                 for line in output_lines(self.net, "Train"):
                     log.info("%s", line)
@@ -326,7 +332,9 @@ class Solver:
             # iter counts the updates applied so far.
             self.iter += 1
             request = self.get_requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request is SolverAction.SNAPSHOT:
+            # Only the root solver writes snapshots; the others hold the same weights.
+            if root_solver() and ((p.snapshot and self.iter % p.snapshot == 0)
+                                  or request is SolverAction.SNAPSHOT):
                 self.snapshot()
             if request is SolverAction.STOP:
                 self.requested_early_exit = True
@@ -419,7 +427,7 @@ class Solver:
 
     def check_snapshot_write_permissions(self) -> None:
         p = self.param
-        if not p.snapshot:
+        if not p.snapshot or not root_solver():
             return
         if not p.HasField("snapshot_prefix"):
             raise SolverError("In solver params, snapshot is specified but snapshot_prefix is "

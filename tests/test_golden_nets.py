@@ -42,3 +42,18 @@ def test_caffemodel_round_trip(name, tmp_path):
         for layer, blobs in net.params.items():
             for a, b in zip(blobs, again.params[layer]):
                 np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_cached_blob_views_follow_later_forwards():
+    """pycaffe scripts keep `out = net.blobs['prob'].data` and read it after each forward."""
+    golden = load("mini_resnet")
+    net = caffe.Net(str(NETS / "mini_resnet.prototxt"), str(NETS / "mini_resnet.caffemodel"),
+                    caffe.TEST)
+    (data_name,) = net.inputs
+    views = {name: blob.data for name, blob in net.blobs.items()}
+    first = golden[f"input/{data_name}"]
+    net.forward(**{data_name: first[::-1].copy()})
+    net.forward(**{data_name: first})
+    for name, view in views.items():
+        np.testing.assert_allclose(view, golden[f"blob/{name}"], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)

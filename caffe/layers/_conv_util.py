@@ -45,14 +45,6 @@ class ConvGeometry:
             all(p == 0 for p in self.pad)
 
 
-def canonical_axis(check: Check, blob, axis: int) -> int:
-    """``axis`` of ``blob`` made non-negative, with a range check naming the shape."""
-    n = blob.num_axes
-    check(-n <= axis < n, f"axis {axis} out of range for the {n}-D bottom shape "
-                          f"{list(blob.shape)}")
-    return axis % n
-
-
 def check_param_shape(check: Check, blob, shape: Sequence[int], what: str) -> None:
     """Require a preloaded parameter blob to have ``shape``; a legacy 4-D shape padded with
     leading 1s (old caffemodels: bias 1x1x1xN, InnerProduct weights 1x1xNxK) is reshaped."""

@@ -11,13 +11,13 @@ import torch
 from caffe.layer import Layer, register
 from caffe.layers._conv_util import (
     ConvGeometry,
-    canonical_axis,
     check_conv_output,
     col2im_nd,
     conv_geometry,
     im2col_nd,
     setup_weight_and_bias,
 )
+from caffe.layers._helpers import canonical_axis
 
 _aten = torch.ops.aten
 # torch runs 1-, 2- and 3-d convolutions natively; other ranks go through im2col + matmul.
@@ -44,7 +44,7 @@ class BaseConvolutionLayer(Layer):
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
         self.force_nd_im2col = p.force_nd_im2col
-        self.channel_axis = canonical_axis(self.check, bottom[0], p.axis)
+        self.channel_axis = canonical_axis(self, bottom[0], p.axis)
         self.num_spatial_axes = bottom[0].num_axes - self.channel_axis - 1
         self.geom: ConvGeometry = conv_geometry(p, self.num_spatial_axes, self.check)
         self.channels = bottom[0].shape[self.channel_axis]

@@ -6,12 +6,12 @@ import torch
 
 from caffe.layer import Layer, register
 from caffe.layers._conv_util import (
-    canonical_axis,
     check_conv_output,
     col2im_nd,
     conv_geometry,
     im2col_nd,
 )
+from caffe.layers._helpers import canonical_axis
 
 _aten = torch.ops.aten
 
@@ -33,7 +33,7 @@ class Im2colLayer(Layer):
 
     def setup(self, bottom, top):
         p = self.layer_param.convolution_param
-        self.channel_axis = canonical_axis(self.check, bottom[0], p.axis)
+        self.channel_axis = canonical_axis(self, bottom[0], p.axis)
         self.num_spatial_axes = bottom[0].num_axes - self.channel_axis - 1
         self.check(self.num_spatial_axes >= 1,
                    f"Im2col needs at least one spatial axis after the channel axis "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from caffe.layer import Layer, register
-from caffe.layers._conv_util import canonical_axis, setup_weight_and_bias
+from caffe.layers._conv_util import setup_weight_and_bias
+from caffe.layers._helpers import canonical_axis
 
 
 @register("InnerProduct")
@@ -29,7 +30,7 @@ class InnerProductLayer(Layer):
         self.check(self.num_output > 0, f"num_output must be positive, got {self.num_output}")
         self.bias_term = p.bias_term
         self.transpose = p.transpose
-        self.axis = canonical_axis(self.check, bottom[0], p.axis)
+        self.axis = canonical_axis(self, bottom[0], p.axis)
         self.K = bottom[0].count_range(self.axis)
         weight_shape = [self.K, self.num_output] if self.transpose else \
             [self.num_output, self.K]
@@ -38,7 +39,7 @@ class InnerProductLayer(Layer):
                               f"weight (transpose: {str(self.transpose).lower()})")
 
     def reshape(self, bottom, top):
-        axis = canonical_axis(self.check, bottom[0], self.layer_param.inner_product_param.axis)
+        axis = canonical_axis(self, bottom[0], self.layer_param.inner_product_param.axis)
         k = bottom[0].count_range(axis)
         self.check(k == self.K,
                    f"Input size incompatible with inner product parameters: bottom shape "

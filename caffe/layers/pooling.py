@@ -306,9 +306,9 @@ class PoolingLayer(Layer):
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
-        self.check(len(shape) == 4,
-                   f"Input must have 4 axes, corresponding to (num, channels, height, width); "
-                   f"got bottom shape {list(shape)}")
+        if len(shape) != 4:
+            self.check(False, f"Input must have 4 axes, corresponding to (num, channels, "
+                              f"height, width); got bottom shape {list(shape)}")
         in_hw = (shape[2], shape[3])
         if self.plan is None or self.plan.in_hw != in_hw:
             kernel = in_hw if self.global_pooling else self.kernel

@@ -13,7 +13,6 @@ import torch
 from caffe import filler
 from caffe.blob import Blob
 from caffe.layer import Layer, register
-from caffe.layers.lstm_unit import lstm_unit_backward, lstm_unit_forward
 
 
 class RecurrentLayer(Layer):
@@ -265,6 +264,11 @@ class LSTMLayer(RecurrentLayer):
     ``lstm_unit``), which also zeroes the forget gate where cont_t = 0. Parameter blobs:
     W_xc (4H, D), b_c (4H), [W_xc_static (4H, S)], W_hc (4H, H). Top: h (T, N, H)
     [and h_T, c_T]. See RecurrentLayer.
+
+    The step is LSTMUnit's math written against per-step views made once per pass (``unbind``),
+    so a step costs its handful of kernels and no Python-side slicing. Backward first computes,
+    for all steps at once, the factors that do not depend on the recurrence (the gate
+    derivatives times their partner in the product), leaving six kernels per step.
     """
 
     num_states = 2
@@ -282,51 +286,112 @@ class LSTMLayer(RecurrentLayer):
         self.w_hc = 3 if self.static_input else 2
         self.cell = Blob(dtype=self.dtype)  # c_0 .. c_T
         self.tanh_cell = Blob(dtype=self.dtype)
-        self.dcell = Blob(dtype=self.dtype)
+        # Backward work: the per-element gate factors (T, N, 4H), o (1 - tanh(c)^2) (T, N, H),
+        # and per step (N, H) each: the recurrent part of dE/dh, dE/dh, dE/dc, dE/dc_prev.
+        self.gate_factor = Blob(dtype=self.dtype)
+        self.out_factor = Blob(dtype=self.dtype)
+        self.step_work = Blob(dtype=self.dtype)
 
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         state = (self.num, self.num_output)
         self.cell.reshape((self.steps + 1, *state))
         self.tanh_cell.reshape((self.steps, *state))
-        self.dcell.reshape(state)
+        self.gate_factor.reshape((self.steps, self.num, 4 * self.num_output))
+        self.out_factor.reshape((self.steps, *state))
+        self.step_work.reshape((4, *state))
+
+    def _gate_views(self, gates: torch.Tensor):
+        """(T, N, H) views of the i, f, o, g blocks of a (T, N, 4H) tensor."""
+        return gates.split(self.num_output, dim=2)
 
     def forward(self, bottom, top):
         self._input_transform(bottom)
+        hidden_size = self.num_output
         gates = self.gates.mutable_device_data()
-        h_conted = self.h_conted.mutable_device_data()
-        hidden = self.hidden.mutable_device_data()
         cell = self.cell.mutable_device_data()
-        tanh_cell = self.tanh_cell.mutable_device_data()
-        cont = bottom[1].device_data()
-        w_hc = self.blobs[self.w_hc].device_data()
+        hidden = self.hidden.mutable_device_data()
+        cont = bottom[1].device_data().unsqueeze(2).unbind(0)  # (N, 1) per step
+        w_hc = self.blobs[self.w_hc].device_data().t()
         h_prev, c_0 = self._initial_states(bottom)
         cell[0].copy_(c_0)
-        for t in range(self.steps):
-            torch.mul(h_prev, cont[t].unsqueeze(1), out=h_conted[t])
-            gates[t].addmm_(h_conted[t], w_hc.t())
-            lstm_unit_forward(cell[t], gates[t], cont[t], cell[t + 1], hidden[t], tanh_cell[t])
-            h_prev = hidden[t]
+        i, f, o, g = (v.unbind(0) for v in self._gate_views(gates))
+        sigmoid_part = gates[:, :, :3 * hidden_size].unbind(0)
+        steps = zip(gates.unbind(0), sigmoid_part, i, f, o, g, cont,
+                    self.h_conted.mutable_device_data().unbind(0), cell[:-1].unbind(0),
+                    cell[1:].unbind(0), self.tanh_cell.mutable_device_data().unbind(0),
+                    hidden.unbind(0))
+        for gate, ifo, i_t, f_t, o_t, g_t, cont_t, h_conted, c_prev, c, tanh_c, h in steps:
+            torch.mul(h_prev, cont_t, out=h_conted)
+            gate.addmm_(h_conted, w_hc)
+            ifo.sigmoid_()
+            g_t.tanh_()
+            # cont_t = 0 starts a new sequence: the forget gate drops the previous cell.
+            f_t.mul_(cont_t)
+            torch.mul(f_t, c_prev, out=c)
+            c.addcmul_(i_t, g_t)
+            torch.tanh(c, out=tanh_c)
+            torch.mul(o_t, tanh_c, out=h)
+            h_prev = h
         top[0].mutable_device_data().copy_(hidden)
         self._save_final_states(top, [hidden[self.steps - 1], cell[self.steps]])
 
+    def _step_factors(self) -> None:
+        """gate_factor = [g i (1 - i), c_prev f (1 - f), tanh(c) o (1 - o), i (1 - g^2)] and
+        out_factor = o (1 - tanh(c)^2), for every step. With c_term = dE/dh out_factor + dE/dc,
+        the step gradient is dE/d[i, f, g] = c_term * factor, dE/do = dE/dh * factor (as
+        LSTMUnit's backward; the forget-gate derivative is f (1 - f) with f gated by cont, as
+        in Caffe: exact for the usual binary cont)."""
+        acts = self.gates.device_data()
+        factor = self.gate_factor.mutable_device_data()
+        torch.mul(acts, acts, out=factor)
+        torch.sub(acts, factor, out=factor)  # s (1 - s) for the sigmoid gates
+        i, f, o, g = self._gate_views(acts)
+        di, df, do, dg = self._gate_views(factor)
+        torch.mul(g, g, out=dg)
+        dg.sub_(1).neg_()
+        dg.mul_(i)
+        di.mul_(g)
+        df.mul_(self.cell.device_data()[:-1])
+        tanh_cell = self.tanh_cell.device_data()
+        do.mul_(tanh_cell)
+        out_factor = self.out_factor.mutable_device_data()
+        torch.mul(tanh_cell, tanh_cell, out=out_factor)
+        out_factor.sub_(1).neg_()
+        out_factor.mul_(o)
+
     def backward(self, top, propagate_down, bottom):
         self._finish_backward(propagate_down, bottom)
-        top_diff = top[0].device_diff()
-        gates = self.gates.device_data()
-        cell = self.cell.device_data()
-        tanh_cell = self.tanh_cell.device_data()
+        self._step_factors()
+        hidden_size = self.num_output
+        shape4 = (self.steps, self.num, 4, hidden_size)
+        top_diff = top[0].device_diff().unbind(0)
         dgates = self.dgates.mutable_device_data()
-        dcell = self.dcell.mutable_device_data()
-        cont = bottom[1].device_data()
+        dgates_o = self._gate_views(dgates)[2].unbind(0)
+        factor = self.gate_factor.device_data()
+        factor_o = self._gate_views(factor)[2].unbind(0)
+        out_factor = self.out_factor.device_data().unbind(0)
+        f = self._gate_views(self.gates.device_data())[1].unbind(0)
+        cont = bottom[1].device_data().unsqueeze(2).unbind(0)
         w_hc = self.blobs[self.w_hc].device_data()
+        recurrent, dh, c_term, dc = self.step_work.mutable_device_data().unbind(0)
+        dgates_t = dgates.unbind(0)
+        dgates4, factor4 = dgates.view(shape4).unbind(0), factor.view(shape4).unbind(0)
         for t in reversed(range(self.steps)):
-            dh = top_diff[t]
             if t + 1 < self.steps:
-                # dE/dh_t from step t + 1, through h_conted_t = cont_{t+1} h_t.
-                dh = dh + (dgates[t + 1] @ w_hc) * cont[t + 1].unsqueeze(1)
-            # The final cell state's diff is not propagated (Caffe: no backprop across calls).
-            dc = dcell if t + 1 < self.steps else None
-            lstm_unit_backward(cell[t], gates[t], tanh_cell[t], dc, dh, dgates[t], dcell)
+                # dE/dh_t from step t + 1, through h_conted_{t+1} = cont_{t+1} h_t.
+                torch.mm(dgates_t[t + 1], w_hc, out=recurrent)
+                torch.addcmul(top_diff[t], recurrent, cont[t + 1], out=dh)
+                torch.addcmul(dc, dh, out_factor[t], out=c_term)
+                dh_t = dh
+            else:
+                # The final cell state's diff is not propagated (Caffe: no backprop across
+                # calls).
+                dh_t = top_diff[t]
+                torch.mul(dh_t, out_factor[t], out=c_term)
+            torch.mul(factor4[t], c_term.unsqueeze(1), out=dgates4[t])
+            torch.mul(factor_o[t], dh_t, out=dgates_o[t])
+            if t:
+                torch.mul(c_term, f[t], out=dc)
         self._recurrent_weight_backward(self.w_hc)
         self._input_backward(propagate_down, bottom)

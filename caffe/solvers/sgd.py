@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 
+from caffe import common
 from caffe.blob import Blob
 from caffe.errors import CaffeError, SolverError
 from caffe.proto import caffe_pb2
@@ -135,7 +136,7 @@ class SGDSolver(Solver):
         update value into its diff; finally W -= diff for every learnable parameter."""
         p = self.param
         rate = self.get_learning_rate()
-        if p.display and self.iter % p.display == 0:
+        if p.display and self.iter % p.display == 0 and common.root_solver():
             log.info("Iteration %d, lr = %s", self.iter, f"{float(np.float32(rate)):g}")
         self.clip_gradients()
         for param_id, blob in enumerate(self.net.learnable_params):

@@ -1,12 +1,16 @@
 """train or finetune a model
 
 Usage: caffe train -solver solver.prototxt [-weights a.caffemodel[,b.caffemodel] |
--snapshot X.solverstate] [-gpu ids|all] [-level N] [-stage s1,s2]
+-snapshot X.solverstate] [-gpu ids|all | -cpu_workers N] [-level N] [-stage s1,s2]
 [-sigint_effect stop|snapshot|none] [-sighup_effect stop|snapshot|none].
 
 As Caffe's ``caffe train``: reads the solver file, puts ``-level`` / ``-stage`` into its
 train_state, picks CPU or GPU (``-gpu``, else the solver's ``solver_mode``), resumes from a
 solver state or copies finetuning weights into the train and test nets, and runs ``Solve``.
+With several devices (``-gpu 0,1``, ``-gpu all``) or ``-cpu_workers N`` (N > 1; caffepy's CPU
+counterpart, not a Caffe flag), one solver process runs per device and their gradients are
+averaged every iteration (:func:`caffe.parallel.train_parallel`); the effective batch size is
+multiplied by the number of solvers, and only the root solver tests, displays and snapshots.
 SIGINT and SIGHUP are turned into solver actions, checked once per iteration: ``snapshot``
 (write a snapshot and go on), ``stop`` (stop training; the final snapshot is still written when
 ``snapshot_after_train`` is set) or ``none``. On a terminal, a progress line with an ETA is kept
@@ -47,7 +51,9 @@ def brew_flags(command: str) -> FlagSet:
     """The flags of Caffe's ``caffe`` tool (each command reads the ones it needs)."""
     flags = FlagSet(f"caffe {command}", "caffe <command> <args>")
     flags.define("gpu", "", "Optional; run in GPU mode on given device IDs separated by ','. "
-                            "Use '-gpu all' to run on all available GPUs.")
+                            "Use '-gpu all' to run on all available GPUs. With several "
+                            "devices, the effective training batch size is the solver's "
+                            "batch size times the number of devices.")
     flags.define("solver", "", "The solver definition protocol buffer text file.")
     flags.define("model", "", "The model definition protocol buffer text file.")
     flags.define("phase", "", "Optional; network phase (TRAIN or TEST). Only used for 'time' "
@@ -63,6 +69,13 @@ def brew_flags(command: str) -> FlagSet:
                                           "received: snapshot, stop or none.")
     flags.define("sighup_effect", "snapshot", "Optional; action to take when a SIGHUP signal is "
                                               "received: snapshot, stop or none.")
+    if command == "train":
+        flags.define("cpu_workers", 0, "Optional (caffepy; Caffe has no such flag); train with "
+                                       "N solver processes on the CPU, each reading its own "
+                                       "share of the data, their gradients averaged every "
+                                       "iteration (gloo), as -gpu 0,1,... does on GPUs. The "
+                                       "effective batch size is multiplied by N. Cannot be "
+                                       "combined with -gpu.")
     return flags
 
 
@@ -278,10 +291,18 @@ def main(argv: list[str]) -> int:
         else:
             log.warning("The solver asks for solver_mode: GPU, but no CUDA device is available; "
                         "training on the CPU")
+    cpu_workers = flags["cpu_workers"]
+    if cpu_workers < 0:
+        raise CaffeError(f"-cpu_workers must be at least 1, got {cpu_workers}")
+    if cpu_workers and flags["gpu"]:
+        raise CaffeError(f"-cpu_workers {cpu_workers} trains on the CPU; it cannot be combined "
+                         f"with -gpu {flags['gpu']}")
+    if cpu_workers:
+        gpu = ""
     gpus = parse_gpus(gpu)
-    if len(gpus) > 1:
-        raise CaffeError(f"-gpu {gpu}: training on several GPUs at once is not available in "
-                         f"'caffe train'; give one device id")
+    if len(gpus) > 1 or cpu_workers > 1:
+        return _train_parallel(flags, solver_param, gpus or cpu_workers, sigint_action,
+                               sighup_action)
     if gpus:
         log.info("Using GPUs %s", ", ".join(map(str, gpus)))
         solver_param.device_id = gpus[0]
@@ -302,7 +323,7 @@ def main(argv: list[str]) -> int:
         elif flags["weights"]:
             copy_layers(solver, flags["weights"])
         log.info("Starting Optimization")
-        progress = _attach_progress(solver)
+        progress = attach_progress(solver)
         try:
             solver.solve()
         finally:
@@ -312,7 +333,27 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _attach_progress(solver: Solver) -> TerminalProgress | None:
+def _train_parallel(flags: dict[str, object], solver_param: caffe_pb2.SolverParameter,
+                    devices: list[int] | int, sigint_action: SolverAction,
+                    sighup_action: SolverAction) -> int:
+    """One solver process per GPU in ``devices`` (or ``devices`` CPU solver processes)."""
+    from caffe.parallel import train_parallel
+
+    if isinstance(devices, int):
+        log.info("Use CPU: %d solver processes.", devices)
+    else:
+        log.info("Using GPUs %s", ", ".join(map(str, devices)))
+        for g in devices:
+            log.info("GPU %d: %s", g, torch.cuda.get_device_name(g))
+    log.info("Starting Optimization")
+    train_parallel(solver_param, devices, weights=flags["weights"] or None,
+                   snapshot=flags["snapshot"] or None, source=flags["solver"],
+                   sigint_effect=sigint_action, sighup_effect=sighup_action, progress=True)
+    log.info("Optimization Done.")
+    return 0
+
+
+def attach_progress(solver: Solver) -> TerminalProgress | None:
     """On a terminal, show progress and route the glog handler through it."""
     if not sys.stderr.isatty():
         return None
