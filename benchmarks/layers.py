@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 import caffe  # noqa: E402
 from caffe import common  # noqa: E402
 from caffe.blob import Blob  # noqa: E402
-from caffe.layer import create_layer, layer_type_list  # noqa: E402
+from caffe.layer import Layer, create_layer, layer_type_list  # noqa: E402
 from caffe.proto import caffe_pb2  # noqa: E402
 
 aten = torch.ops.aten
@@ -61,6 +61,7 @@ class Case:
     baseline: Callable
     labels: dict[int, int] = field(default_factory=dict)  # bottom index -> number of classes
     phase: str = "TRAIN"
+    in_place: bool = False  # top is the bottom (the baseline still gets separate tensors)
 
 
 # --- baselines: the same math as bare torch calls -------------------------------------
@@ -224,6 +225,33 @@ def lstm_baseline(layer, bottom, top):
     return fwd, bwd
 
 
+def rnn_baseline(layer, bottom, top):
+    """torch.nn.RNN (tanh) and the output layer o = tanh(W_ho h + b_o) of Caffe's RNN."""
+    x = _data(bottom[0])
+    steps, num, dim = x.shape
+    hidden = layer.num_output
+    rnn = torch.nn.RNN(dim, hidden, nonlinearity="tanh").to(x.device)
+    out = torch.nn.Linear(hidden, hidden).to(x.device)
+    xr = x.detach().clone().requires_grad_(True)
+    dy = top[0].device_diff()
+
+    def function():
+        return torch.tanh(out(rnn(xr)[0]))
+
+    graph = function()
+
+    def fwd():
+        with torch.no_grad():
+            return function()
+
+    def bwd():
+        xr.grad = None
+        rnn.zero_grad(set_to_none=True)
+        out.zero_grad(set_to_none=True)
+        graph.backward(dy, retain_graph=True)
+    return fwd, bwd
+
+
 # --- cases ------------------------------------------------------------------------------
 
 def conv_proto(layer_type: str, params: str) -> str:
@@ -290,10 +318,16 @@ def cases(n: int) -> list[Case]:
              [(n, 64, 28, 28)], deconv),
         Case("BN-GoogLeNet", "conv2/bn BatchNorm", "BatchNorm", "type: 'BatchNorm'",
              [(n, 192, 56, 56)], batch_norm_baseline),
+        Case("BN-GoogLeNet", "conv2/bn BatchNorm in place", "BatchNorm", "type: 'BatchNorm'",
+             [(n, 192, 56, 56)], batch_norm_baseline, in_place=True),
         Case("LRCN", "lstm1 T=16 256->256", "LSTM",
              "type: 'LSTM' recurrent_param { num_output: 256 weight_filler { type: 'uniform' "
              "min: -0.08 max: 0.08 } bias_filler { type: 'constant' } }",
              [(16, n, 256), (16, n)], lstm_baseline, labels={1: 0}),
+        Case("LRCN-like", "rnn T=16 256->256", "RNN",
+             "type: 'RNN' recurrent_param { num_output: 256 weight_filler { type: 'uniform' "
+             "min: -0.08 max: 0.08 } bias_filler { type: 'constant' } }",
+             [(16, n, 256), (16, n)], rnn_baseline, labels={1: 0}),
     ]
 
 
@@ -317,7 +351,7 @@ def build(case: Case, dtype=torch.float32):
         else:
             blob.data[...] = rng.standard_normal(shape, dtype=np.float32)
         bottom.append(blob)
-    top = [Blob(dtype=dtype)]
+    top = [bottom[0]] if case.in_place else [Blob(dtype=dtype)]
     layer.SetUp(bottom, top)
     top[0].diff[...] = rng.standard_normal(top[0].shape, dtype=np.float32)
     propagate = [i not in case.labels for i in range(len(bottom))]
@@ -391,6 +425,67 @@ def run_case(case: Case, repeat: int, min_time: float = 0.03) -> dict:
     }
 
 
+class _TrivialLayer(Layer):
+    """A layer that does no math (not registered): what is left is the framework's cost."""
+
+    def __init__(self, param, work: int) -> None:
+        super().__init__(param)
+        self.work = work  # 0: nothing, 1: reshape the top, 2: also fetch the blobs' tensors
+
+    def reshape(self, bottom, top):
+        if self.work:
+            top[0].reshape_like(bottom[0])
+
+    def forward(self, bottom, top):
+        if self.work > 1:
+            bottom[0].device_data()
+            top[0].mutable_device_data()
+
+    def backward(self, top, propagate_down, bottom):
+        if self.work > 1:
+            top[0].device_diff()
+            bottom[0].mutable_device_diff()
+
+
+def fixed_costs(number: int = 20000, repeat: int = 7) -> dict:
+    """Microseconds per ``Forward``/``Backward`` of a layer doing no math on an 8x1000 blob:
+    the dispatch alone, plus reshaping the top, plus fetching the bottom and top tensors (what
+    every real layer does)."""
+    import timeit
+
+    param = caffe_pb2.LayerParameter(name="trivial", type="Trivial")
+    out = {}
+    for work, label in [(0, "dispatch"), (1, "reshape_top"), (2, "reshape_and_tensors")]:
+        layer = _TrivialLayer(param, work)
+        bottom, top = [Blob((8, 1000))], [Blob()]
+        layer.SetUp(bottom, top)
+        for key, fn in [("forward", lambda lay=layer, b=bottom, t=top: lay.Forward(b, t)),
+                        ("backward",
+                         lambda lay=layer, b=bottom, t=top: lay.Backward(t, [True], b))]:
+            best = min(timeit.repeat(fn, number=number, repeat=repeat, timer=CLOCK))
+            out[f"{label}_{key}_us"] = round(best / number * 1e6, 2)
+    return out
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the system
+    (mallopt M_MMAP_THRESHOLD and M_TRIM_THRESHOLD at 1 GiB). torch's CPU allocator does not
+    cache, so a call that returns a fresh tensor of many megabytes gets its pages either
+    recycled or faulted in anew depending on the heap's state, which moved the baselines by up
+    to 2x between runs; with this, fresh outputs are recycled (the baselines' best case).
+    Returns whether it took effect (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
+                    and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def machine_info(device: str) -> dict:
     cpu = platform.processor()
     try:
@@ -416,21 +511,38 @@ NOTES = """\
 Reading the ratios:
 - Convolution/Deconvolution write into the blob's fixed storage, and torch's convolution kernels
   only return fresh tensors, so the top (forward) and the bottom diff (backward) cost one extra
-  copy each: a few per cent, up to ~10% where the output is large next to the arithmetic
+  copy each: a few per cent, up to ~13% where the output is large next to the arithmetic
   (CaffeNet conv1). 1x1 kernels skip torch's convolution and run as matrix products written
   straight into the blobs (as Caffe's own 1x1 path does), which beats the baseline backward.
 - Pooling, LRN and InnerProduct write their results in place (`out=` variants); LRN computes
-  its window sums once and reuses them, so it beats `F.local_response_norm` plus autograd, and
-  InnerProduct accumulates its weight gradient in place instead of allocating it.
-- Layers at a few microseconds of math (Softmax over 8x1000, the loss) pay the fixed cost of a
-  Python layer call (reshape check, blob views): tens of microseconds, so large ratios there
-  are per-call overhead, not extra arithmetic.
-- On a shared machine use `--threads 1 --clock cpu`: process CPU time of one thread is far
-  steadier than wall time when other jobs compete for the cores. Memory-bound calls of a
-  millisecond or two (pooling backward, small InnerProducts) still vary by 10-30% from run to
-  run there, with the same torch kernel on both sides (pooling writes through the `out=`
-  variant of the very operator the baseline calls).
-- Softmax, SoftmaxWithLoss, BatchNorm and LSTM are timed when present, for reference.
+  its window sums once and reuses them, so it beats `F.local_response_norm` plus autograd.
+  InnerProduct accumulates into the weight diff as Caffe does (a read-modify-write of the
+  4096x4096 gradient where the baseline writes a fresh one): up to ~15% on fc7's backward.
+- BatchNorm (TRAIN) computes its statistics in two passes (mean, then the sum of squares of
+  the centered values through the reductions of torch's batch-norm backward kernel), about
+  twice as fast as torch's training-mode `native_batch_norm`. Its backward is three passes
+  (the two per-channel sums, an affine pass, an `addcmul`) where the baseline's fused kernel
+  makes two but returns a fresh tensor, which the layer would have to copy into the blob
+  anyway; run in place it keeps y for backward, as Caffe keeps x_norm.
+- LSTM/RNN run the input transform for all timesteps as one matrix product (as Caffe does),
+  take per-step views with one `unbind` per pass, and compute the backward factors that do not
+  depend on the recurrence for all steps at once (six kernels per LSTM step). The LSTM forward
+  baseline is torch's fused oneDNN inference kernel for the whole sequence.
+- Softmax and SoftmaxWithLoss call torch's fused softmax kernels with `out=` (on a 2-D view
+  when only unit axes follow the softmax axis: the last-axis kernel is ~6x faster there).
+  At a few microseconds of math they pay the framework's fixed cost: see `fixed_costs` in
+  results_layers.json (a layer doing no math: ~0.2 us dispatch; ~4.5 us once it reshapes its
+  top and fetches its tensors, because `Blob.reshape` drops the cached tensor views even when
+  the shape is unchanged, so each forward rebuilds them), plus, for the loss, the label
+  conversion and range check and `Layer.Forward`'s loss dot product.
+- Timing: interleaved samples, each function after each of the others in turn (a call runs
+  slower right after some others), minimum of the runs. On a shared machine use
+  `--threads 1 --clock cpu`: process CPU time of one thread is far steadier than wall time,
+  though memory-bound calls of a millisecond or two still vary by 10-30% between runs. glibc
+  is asked to keep freed memory (`keep_freed_memory`): torch's CPU allocator does not cache,
+  and a baseline returning a fresh 19 MB tensor otherwise pays 0 to 6 ms of page faults
+  depending on the heap's state (`--default-malloc` shows that regime, where the memory-heavy
+  backward ratios drop to 0.4-0.6).
 """
 
 
@@ -438,6 +550,8 @@ def markdown(results: list[dict], info: dict, batch: int, repeat: int,
              command: str = "") -> str:
     load = info.get("load_average_1min")
     load_note = f", load average {load:.1f}" if load is not None else ""
+    malloc_note = (", glibc keeps freed memory (`keep_freed_memory`)"
+                   if info.get("malloc_keeps_freed_memory") else "")
     lines = [
         "## Layers",
         "",
@@ -450,7 +564,7 @@ def markdown(results: list[dict], info: dict, batch: int, repeat: int,
         f"threads{', GPU ' + info['gpu'] if 'gpu' in info else ''}), {info['platform']}, "
         f"Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}, "
         f"{info['date']}. Batch {batch}, float32, {info['clock']} clock"
-        f"{load_note}.",
+        f"{load_note}{malloc_note}.",
         "",
         "| net | layer | type | bottom | fwd ms | torch fwd ms | fwd ratio | bwd ms | "
         "torch bwd ms | bwd ratio |",
@@ -465,12 +579,13 @@ def markdown(results: list[dict], info: dict, batch: int, repeat: int,
     return "\n".join(lines) + "\n\n" + NOTES
 
 
-def update_readme(path: Path, section: str) -> None:
-    block = f"{BEGIN}\n{section}{END}\n"
+def update_readme(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the README's block between the ``begin`` and ``end`` markers (or append it)."""
+    block = f"{begin}\n{section}{end}\n"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + block + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + block
@@ -489,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time, steadier on a shared machine (use with "
                              "--threads 1)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc settings alone (see keep_freed_memory)")
     parser.add_argument("--only", default="", help="run the cases whose layer type or name "
                                                    "contains this text")
     parser.add_argument("--out", type=Path, default=HERE,
@@ -509,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     known = set(layer_type_list())
     info = machine_info(args.device)
     info["clock"] = args.clock
+    info["malloc_keeps_freed_memory"] = not args.default_malloc and keep_freed_memory()
     print(f"# {info['cpu']} | {info['cpu_count']} CPUs | torch {info['torch']} "
           f"({info['torch_threads']} threads) | batch {args.batch} | {args.device}")
     header = f"{'net':<13}{'layer':<30}{'fwd ms':>9}{'torch':>9}{'ratio':>7}" \
@@ -527,10 +645,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['net']:<13}{r['layer']:<30}{r['layer_fwd_ms']:>9.3f}"
               f"{r['torch_fwd_ms']:>9.3f}{r['fwd_ratio']:>7.2f}{r['layer_bwd_ms']:>10.3f}"
               f"{r['torch_bwd_ms']:>9.3f}{r['bwd_ratio']:>7.2f}", flush=True)
+    fixed = fixed_costs() if args.device == "cpu" else {}
+    if fixed:
+        print("framework cost of a layer doing no math (us): " + ", ".join(
+            f"{key[:-3]} {value:.2f}" for key, value in fixed.items()))
     if args.no_write:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": info, "batch": args.batch, "repeat": args.repeat,
+               "fixed_costs": fixed,
                "min_time_s": args.min_time, "dtype": "float32",
                "skipped": sorted(set(skipped)), "results": results}
     (args.out / "results_layers.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -49,6 +49,8 @@ class Blob:
             if d < 0:
                 raise CaffeError(f"Blob: negative dimension in shape {dims}")
             count *= d
+        if dims == self._shape and count == self._count:
+            return  # the common case before every forward: nothing to do
         self._shape = dims
         self._count = count
         self._views.clear()

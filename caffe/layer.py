@@ -131,9 +131,11 @@ class Layer:
         loss = 0.0
         for i, weight in enumerate(self.loss_weights):
             if weight and i < len(top):
-                blob = top[i]
-                loss += float(torch.dot(blob.device_data().reshape(-1),
-                                        blob.device_diff().reshape(-1)))
+                data, diff = top[i].device_data(), top[i].device_diff()
+                if top[i].count == 1:  # scalar losses: skip the dot product's overhead
+                    loss += data.item() * diff.item()
+                else:
+                    loss += float(torch.dot(data.reshape(-1), diff.reshape(-1)))
         return loss
 
     def Backward(self, top: Sequence[Blob], propagate_down: Sequence[bool],  # noqa: N802
@@ -211,10 +213,10 @@ class LossLayer(Layer):
         return bottom_index != 1
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
-        self.check(bottom[0].shape[0] == bottom[1].shape[0] if bottom[0].num_axes and
-                   bottom[1].num_axes else True,
-                   f"The data and label should have the same first dimension "
-                   f"(bottom shapes {list(bottom[0].shape)} and {list(bottom[1].shape)})")
+        if bottom[0].num_axes and bottom[1].num_axes and bottom[0].shape[0] != bottom[1].shape[0]:
+            self.check(False, f"The data and label should have the same first dimension "
+                              f"(bottom shapes {list(bottom[0].shape)} and "
+                              f"{list(bottom[1].shape)})")
         top[0].reshape([])
 
 

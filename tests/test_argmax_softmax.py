@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from caffe.blob import Blob
 from caffe.errors import LayerError
@@ -106,3 +107,34 @@ def test_softmax_in_place_matches_separate_blobs():
 def test_softmax_axis_error():
     with pytest.raises(LayerError, match="Softmax layer 'L': axis 3 out of range for 3-D"):
         forward_top("type: 'Softmax' softmax_param { axis: 3 }", np.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 1, 1), (4, 6)])
+def test_softmax_trailing_unit_axes(shape):
+    # Only unit axes after the softmax axis: the layer runs torch's last-axis kernel on a 2-D
+    # view, which must give the same numbers and gradient.
+    x = np.random.default_rng(4).uniform(-3, 3, size=shape)
+    y = forward_top("type: 'Softmax'", x)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
+    gradient_check("type: 'Softmax'", [shape])
+
+
+def test_softmax_follows_bottom_reshape():
+    layer = make_layer("type: 'Softmax'")
+    bottom, top = [Blob((2, 3, 1), dtype=torch.float64)], [Blob(dtype=torch.float64)]
+    layer.SetUp(bottom, top)
+    rng = np.random.default_rng(5)
+    for shape in [(2, 3, 1), (2, 3, 4), (5, 2)]:
+        x = rng.uniform(-2, 2, size=shape)
+        bottom[0].reshape(shape)
+        bottom[0].data[...] = x
+        layer.Forward(bottom, top)
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(top[0].data, e / e.sum(axis=1, keepdims=True), rtol=1e-12)
+        dy = rng.uniform(-1, 1, size=shape)
+        top[0].diff[...] = dy
+        layer.Backward(top, [True], bottom)
+        y = top[0].data
+        expected = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        np.testing.assert_allclose(bottom[0].diff, expected, rtol=1e-10, atol=1e-14)

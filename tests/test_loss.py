@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
 
@@ -451,3 +453,29 @@ def test_accuracy_top_k_too_large():
 def test_accuracy_label_out_of_range():
     with pytest.raises(LayerError, match=r"label value 3 .*\[0, 3\)"):
         forward_layer("type: 'Accuracy'", [_uniform((2, 3)), np.array([0.0, 3.0])])
+
+
+def test_softmax_loss_follows_bottom_reshape():
+    # The layer keeps its geometry and label buffers between calls; new shapes must renew
+    # them (batch and spatial size change here, and the label blob's layout).
+    layer = make_layer("type: 'SoftmaxWithLoss' loss_param { ignore_label: 1 }")
+    bottom = [Blob((2, 3), dtype=torch.float64), Blob((2,), dtype=torch.float64)]
+    top = [Blob(dtype=torch.float64)]
+    layer.SetUp(bottom, top)
+    for seed, (shape, label_shape) in enumerate([((2, 3), (2,)), ((4, 3, 2), (4, 2)),
+                                                 ((5, 3), (5, 1, 1)), ((2, 3), (2,))]):
+        x, labels = _uniform(shape, -3, 3, seed=seed), _labels(label_shape, 3, seed=seed)
+        for blob, value in zip(bottom, (x, labels)):
+            blob.reshape(value.shape)
+            blob.data[...] = value
+        loss = layer.Forward(bottom, top)
+        expected = _softmax_loss_reference(x, labels, 1, 1, "VALID")
+        np.testing.assert_allclose(loss, expected, rtol=1e-12)
+        layer.Backward(top, [True, False], bottom)
+        p = np.exp(x - x.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        lab = labels.reshape(shape[:1] + shape[2:]).astype(int)
+        onehot = np.moveaxis(np.eye(3)[lab], -1, 1)
+        valid = np.expand_dims(lab != 1, 1)
+        expected_diff = (p - onehot) * valid / max(1, valid.sum())
+        np.testing.assert_allclose(bottom[0].diff, expected_diff, rtol=1e-10, atol=1e-14)

@@ -275,3 +275,33 @@ def test_lstm_unit_errors():
         layer.Backward(top, [True, True, True], bottom)
     with pytest.raises(LayerError, match=r"4 \* H = 16"):
         _setup("type: 'LSTMUnit'", [_x((1, 3, 4)), _x((1, 3, 12)), UNIT_CONT], n_tops=2)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM"])
+def test_bottom_reshape_between_passes(kind):
+    # The layer skips its checks and buffer reshapes while the bottom shapes stay the same;
+    # new step counts and stream counts must still give a fresh layer's numbers.
+    layer, bottom, top = _setup(_param(kind), [_x((4, 2, 3)), CONT])
+    layer.Forward(bottom, top)
+    rng = np.random.default_rng(11)
+    for steps, num in [(3, 2), (5, 3), (4, 2)]:
+        x = _x((steps, num, 3), steps + num)
+        cont = (rng.uniform(size=(steps, num)) > 0.3).astype(float)
+        cont[0] = 0  # the state carried over from the previous call must not matter
+        for blob, value in zip(bottom, (x, cont)):
+            blob.reshape(value.shape)
+            blob.data[...] = value
+        fresh, fb, ft = _setup(_param(kind), [x, cont])
+        for blob, ref in zip(fresh.blobs, layer.blobs):
+            blob.data[...] = ref.data
+        dy = _x((steps, num, 3), 7)
+        for lay, b, t in ((layer, bottom, top), (fresh, fb, ft)):
+            for blob in lay.blobs:
+                blob.diff[...] = 0
+            lay.Forward(b, t)
+            t[0].diff[...] = dy
+            lay.Backward(t, [True, False], b)
+        np.testing.assert_allclose(top[0].data, ft[0].data, rtol=1e-12)
+        np.testing.assert_allclose(bottom[0].diff, fb[0].diff, rtol=1e-12)
+        for blob, ref in zip(layer.blobs, fresh.blobs):
+            np.testing.assert_allclose(blob.diff, ref.diff, rtol=1e-12)

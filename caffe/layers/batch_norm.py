@@ -24,7 +24,8 @@ def affine_into(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
                 shift: torch.Tensor, out: torch.Tensor, unit: torch.Tensor) -> None:
     """out = (x - center) * scale + shift per channel of (N, C, L) tensors, in one pass (torch's
     inference-mode batch-norm kernel with variance 1 and eps 0, so its 1 / sqrt(var + eps) is
-    exactly 1). ``out`` may be ``x``; ``unit`` is a tensor of C ones."""
+    exactly 1; it computes x * scale + (shift - center * scale)). ``unit`` is a tensor of C
+    ones; ``out`` must not overlap ``x``."""
     _aten.native_batch_norm.out(x, scale, shift, center, unit, False, 0.0, 0.0, out=out,
                                 save_mean=_EMPTY[x.dtype, x.device],
                                 save_invstd=_EMPTY[x.dtype, x.device])
@@ -57,6 +58,12 @@ class BatchNormLayer(Layer):
 
     As in Caffe 1.0 the statistics are kept out of optimization: a ParamSpec with lr_mult 0 is
     added for each blob that has none, and an explicit non-zero lr_mult is refused.
+
+    The data are streamed as few times as torch's kernels allow while writing into the blobs:
+    TRAIN forward takes the mean, centers into the top, sums the squares through the per-channel
+    reductions of torch's batch-norm backward kernel, and scales; backward takes sum(dy) and
+    sum(dy * y) in one pass, then one affine pass and one ``addcmul``. Backward reads y from the
+    untouched bottom (y = (x - mean) / std) or, in place, from a copy kept in forward.
     """
 
     exact_num_bottom = 1
@@ -165,8 +172,7 @@ class BatchNormLayer(Layer):
             return
         shape3 = self.shape3
         dy = top[0].device_diff().view(shape3)
-        # In place, dx and dy share memory: each pass below reads dy before writing dx at the
-        # same position.
+        # In place, dx and dy share memory: the passes below then only update dx in place.
         dx = bottom[0].mutable_device_diff().view(shape3)
         mean, variance, inv_std, zero, one = self._stats()
         if self.use_global_stats:
@@ -177,7 +183,7 @@ class BatchNormLayer(Layer):
         if top[0] is bottom[0]:
             y = self.x_norm.device_data().view(shape3)
             dot, total = per_channel_sums(dy, y, zero, one)
-            affine_into(dy, zero, inv_std, total.mul_(inv_std).div_(-m), dx, one)
+            dx.mul_(inv_std.view(1, -1, 1)).add_(total.mul_(inv_std).div_(-m).view(1, -1, 1))
             dx.addcmul_(y, dot.mul_(inv_std).div_(-m).view(1, -1, 1))
         else:
             # y = (x - mean) * inv_std from the untouched bottom.

@@ -75,6 +75,7 @@ class RecurrentLayer(Layer):
         self.h_conted = Blob(dtype=self.dtype)  # cont_t * h_{t-1}
         self.hidden = Blob(dtype=self.dtype)  # h_t for every step
         self.num = None
+        self.reshaped_for: tuple | None = None  # (bottom shapes, top shapes) of last reshape
 
     def _check_inputs(self, bottom) -> None:
         x, cont = bottom[0], bottom[1]
@@ -86,6 +87,11 @@ class RecurrentLayer(Layer):
                    f"{list(x.shape)}")
 
     def reshape(self, bottom, top):
+        # Runs before every forward: with the bottom and top shapes as last time there is
+        # nothing to check or resize.
+        key = (tuple(b.shape for b in bottom), tuple(t.shape for t in top))
+        if key == self.reshaped_for:
+            return
         self._check_inputs(bottom)
         x = bottom[0]
         self.steps, num = x.shape[0], x.shape[1]
@@ -121,6 +127,11 @@ class RecurrentLayer(Layer):
         top[0].reshape((self.steps, num, hidden))
         for j in range(1, len(top)):
             top[j].reshape((1, num, hidden))
+        self.reshape_buffers()
+        self.reshaped_for = (tuple(b.shape for b in bottom), tuple(t.shape for t in top))
+
+    def reshape_buffers(self) -> None:
+        """Shape the subclass's own work blobs (steps, num and num_output are set)."""
 
     # --- shared pieces of forward/backward ----------------------------------------------------
     def _initial_states(self, bottom) -> list[torch.Tensor]:
@@ -207,24 +218,26 @@ class RNNLayer(RecurrentLayer):
         super().setup(bottom, top)
         self.w_hh = 3 if self.static_input else 2
         self.output = Blob(dtype=self.dtype)  # o, kept apart from top for backward
+        # Backward work: dE/d(W_ho h + b_o) and 1 - h^2 (T, N, H) each, and one (N, H) step.
+        self.work = Blob(dtype=self.dtype)
 
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
+    def reshape_buffers(self):
         self.output.reshape((self.steps, self.num, self.num_output))
+        self.work.reshape((2 * self.steps + 1, self.num, self.num_output))
 
     def forward(self, bottom, top):
         self._input_transform(bottom)
-        gates = self.gates.mutable_device_data()
-        h_conted = self.h_conted.mutable_device_data()
         hidden = self.hidden.mutable_device_data()
-        cont = bottom[1].device_data()
-        w_hh = self.blobs[self.w_hh].device_data()
+        cont = bottom[1].device_data().unsqueeze(2).unbind(0)  # (N, 1) per step
+        w_hh = self.blobs[self.w_hh].device_data().t()
         (h_prev,) = self._initial_states(bottom)
-        for t in range(self.steps):
-            torch.mul(h_prev, cont[t].unsqueeze(1), out=h_conted[t])
-            torch.addmm(gates[t], h_conted[t], w_hh.t(), out=hidden[t])
-            hidden[t].tanh_()
-            h_prev = hidden[t]
+        steps = zip(self.gates.mutable_device_data().unbind(0), cont,
+                    self.h_conted.mutable_device_data().unbind(0), hidden.unbind(0))
+        for gate, cont_t, h_conted, h in steps:
+            torch.mul(h_prev, cont_t, out=h_conted)
+            torch.addmm(gate, h_conted, w_hh, out=h)
+            h.tanh_()
+            h_prev = h
         w_ho, b_o = self.blobs[self.w_hh + 1].device_data(), self.blobs[self.w_hh + 2].device_data()
         flat = (self.steps * self.num, self.num_output)
         output = self.output.mutable_device_data()
@@ -235,10 +248,15 @@ class RNNLayer(RecurrentLayer):
 
     def backward(self, top, propagate_down, bottom):
         self._finish_backward(propagate_down, bottom)
-        flat = (self.steps * self.num, self.num_output)
-        output = self.output.device_data().view(flat)
+        steps = self.steps
+        flat = (steps * self.num, self.num_output)
+        work = self.work.mutable_device_data()
+        d_out, deriv, recurrent = work[:steps], work[steps:2 * steps], work[2 * steps]
+        output = self.output.device_data()
+        torch.mul(output, output, out=d_out)
+        d_out.sub_(1).neg_().mul_(top[0].device_diff())  # dE/do (1 - o^2)
+        d_out = d_out.view(flat)
         hidden = self.hidden.device_data()
-        d_out = top[0].device_diff().view(flat) * (1 - output * output)
         w_ho, b_o = self.blobs[self.w_hh + 1], self.blobs[self.w_hh + 2]
         if self.param_propagate_down[self.w_hh + 1]:
             w_ho.mutable_device_diff().addmm_(d_out.t(), hidden.view(flat))
@@ -246,13 +264,17 @@ class RNNLayer(RecurrentLayer):
             b_o.mutable_device_diff().add_(d_out.sum(dim=0))
         dgates = self.dgates.mutable_device_data()
         torch.mm(d_out, w_ho.device_data(), out=dgates.view(flat))  # dE/dh_t from o_t
-        cont = bottom[1].device_data()
+        torch.mul(hidden, hidden, out=deriv)
+        deriv.sub_(1).neg_()  # tanh' = 1 - h^2
+        dgates_t, deriv_t = dgates.unbind(0), deriv.unbind(0)
+        cont = bottom[1].device_data().unsqueeze(2).unbind(0)
         w_hh = self.blobs[self.w_hh].device_data()
-        for t in reversed(range(self.steps)):
-            if t + 1 < self.steps:
-                # dE/dh_t from step t + 1, through h_conted_t = cont_{t+1} h_t.
-                dgates[t].add_((dgates[t + 1] @ w_hh) * cont[t + 1].unsqueeze(1))
-            dgates[t].mul_(1 - hidden[t] * hidden[t])
+        for t in reversed(range(steps)):
+            if t + 1 < steps:
+                # dE/dh_t from step t + 1, through h_conted_{t+1} = cont_{t+1} h_t.
+                torch.mm(dgates_t[t + 1], w_hh, out=recurrent)
+                dgates_t[t].addcmul_(recurrent, cont[t + 1])
+            dgates_t[t].mul_(deriv_t[t])
         self._recurrent_weight_backward(self.w_hh)
         self._input_backward(propagate_down, bottom)
 
@@ -292,8 +314,7 @@ class LSTMLayer(RecurrentLayer):
         self.out_factor = Blob(dtype=self.dtype)
         self.step_work = Blob(dtype=self.dtype)
 
-    def reshape(self, bottom, top):
-        super().reshape(bottom, top)
+    def reshape_buffers(self):
         state = (self.num, self.num_output)
         self.cell.reshape((self.steps + 1, *state))
         self.tanh_cell.reshape((self.steps, *state))

@@ -6,8 +6,8 @@ import torch
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.errors import CaffeError
 from caffe.layer import LossLayer, register
+from caffe.layers._helpers import label_layout
 from caffe.layers.loss import (
     FLT_MIN,
     VALID,
@@ -57,19 +57,8 @@ class SoftmaxWithLossLayer(LossLayer):
             top[1].reshape_like(bottom[0])
 
     def _set_geometry(self, bottom) -> None:
-        try:
-            self.axis = bottom[0].canonical_axis_index(self.layer_param.softmax_param.axis)
-        except CaffeError as err:
-            self.check(False, f"softmax_param.axis: {err}")
-        self.outer_num = bottom[0].count_range(0, self.axis)
-        self.num_classes = bottom[0].shape[self.axis]
-        self.inner_num = bottom[0].count_range(self.axis + 1)
-        self.check(self.outer_num * self.inner_num == bottom[1].count,
-                   f"Number of labels must match number of predictions; e.g., if softmax axis "
-                   f"== 1 and prediction shape is (N, C, H, W), label count (number of labels) "
-                   f"must be N*H*W, with integer values in {{0, 1, ..., C-1}} (prediction shape "
-                   f"{list(bottom[0].shape)}, axis {self.axis}, label shape "
-                   f"{list(bottom[1].shape)})")
+        self.axis, self.outer_num, self.num_classes, self.inner_num = label_layout(
+            self, bottom, self.layer_param.softmax_param.axis, "softmax_param.axis", "softmax")
         # (outer, C, inner), or (outer, C) when inner is 1: torch's softmax along the last,
         # contiguous axis is several times faster than along an inner one.
         inner = (self.inner_num,) if self.inner_num != 1 else ()
