@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -79,9 +80,11 @@ def insert_splits(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     for i, layer in enumerate(param.layer):
         for j, name in enumerate(layer.bottom):
             if name not in last_top:
-                raise NetError(f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom "
-                               f"index {j}); blobs available at this point: "
-                               f"{sorted(last_top) or 'none'}")
+                error = NetError(f"Unknown bottom blob '{name}' (layer '{layer.name}', bottom "
+                                 f"index {j}); blobs available at this point: "
+                                 f"{sorted(last_top) or 'none'}")
+                error.layer_name = layer.name
+                raise error
             source_of[(i, j)] = last_top[name]
             uses[last_top[name]] = uses.get(last_top[name], 0) + 1
         for j, name in enumerate(layer.top):
@@ -176,7 +179,10 @@ class Net:
         """Build the net (Caffe's Net::Init)."""
         self.phase = in_param.state.phase
         filtered = filter_net(in_param)
-        param = insert_splits(filtered)
+        try:
+            param = insert_splits(filtered)
+        except NetError as exc:
+            raise NetError(f"{self._where(getattr(exc, 'layer_name', ''))}: {exc}") from None
         self.name = param.name
         self.param = param
         self.debug_info = param.debug_info
@@ -238,11 +244,14 @@ class Net:
             self._log_setup(layer, lp)
             try:
                 layer.SetUp(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
-            except CaffeError:
-                raise
+            except CaffeError as exc:
+                shapes = [list(b.shape) for b in self.bottom_vecs[layer_id]]
+                raise type(exc)(f"{self._where(lp.name)}: {exc} (bottom shapes {shapes})") \
+                    from None
             except Exception as exc:  # a bug or bad input surfacing from torch/numpy
-                raise NetError(f"layer {lp.name!r} (type {lp.type}) failed to set up with bottom "
-                               f"shapes {[list(b.shape) for b in self.bottom_vecs[layer_id]]}: "
+                raise NetError(f"{self._where(lp.name)}: layer {lp.name!r} (type {lp.type}) "
+                               f"failed to set up with bottom shapes "
+                               f"{[list(b.shape) for b in self.bottom_vecs[layer_id]]}: "
                                f"{type(exc).__name__}: {exc}") from exc
             for j, blob_id in enumerate(self.top_id_vecs[layer_id]):
                 weight = layer.loss(j)
@@ -279,7 +288,20 @@ class Net:
         try:
             return create_layer(lp, dtype=self.dtype)
         except CaffeError as exc:
-            raise type(exc)(f"{self.source}: {exc}") from None
+            raise type(exc)(f"{self._where(lp.name)}: {exc}") from None
+
+    def _where(self, layer_name: str) -> str:
+        """``file:line`` of the layer named ``layer_name`` in the net's prototxt, for errors."""
+        if not layer_name or not os.path.isfile(self.source):
+            return self.source
+        try:
+            with open(self.source, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    if re.search(r"\bname\s*:\s*[\"']" + re.escape(layer_name) + r"[\"']", line):
+                        return f"{self.source}:{number}"
+        except OSError:
+            pass
+        return self.source
 
     def _log_setup(self, layer: Layer, lp) -> None:
         for name in lp.bottom:
@@ -290,8 +312,8 @@ class Net:
 
     def _append_bottom(self, lp, layer_id: int, j: int, name: str, available: dict) -> int:
         if name not in available:
-            raise NetError(f"{self.source}: Unknown bottom blob '{name}' (layer '{lp.name}', "
-                           f"bottom index {j})")
+            raise NetError(f"{self._where(lp.name)}: Unknown bottom blob '{name}' (layer "
+                           f"'{lp.name}', bottom index {j})")
         blob_id = available.pop(name)
         self.bottom_vecs[layer_id].append(self._blobs[blob_id])
         self.bottom_id_vecs[layer_id].append(blob_id)

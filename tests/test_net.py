@@ -264,7 +264,8 @@ def test_unknown_layer_type_lists_close_matches(tmp_path):
 def test_unknown_bottom_blob(tmp_path):
     text = """layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 } } }
               layer { name: 'r' type: 'ReLU' bottom: 'xx' top: 'y' }"""
-    with pytest.raises(NetError, match=r"Unknown bottom blob 'xx' \(layer 'r', bottom index 0\)"):
+    with pytest.raises(NetError, match=r"net\.prototxt:2: Unknown bottom blob 'xx' \(layer 'r', "
+                                       r"bottom index 0\)"):
         Net(write(tmp_path, text), caffe.TEST)
 
 
@@ -277,8 +278,9 @@ def test_bad_prototxt_syntax_names_file_line_column(tmp_path):
 def test_wrong_bottom_count(tmp_path):
     text = """layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 } } }
               layer { name: 'r' type: 'ReLU' bottom: 'x' bottom: 'x' top: 'y' }"""
-    with pytest.raises(LayerError, match=r"ReLU layer 'r': takes 1 bottom blob\(s\) as input, "
-                                         r"got 2"):
+    with pytest.raises(LayerError, match=r"net\.prototxt:2: ReLU layer 'r': takes 1 bottom "
+                                         r"blob\(s\) as input, got 2 \(bottom shapes \[\[2\], "
+                                         r"\[2\]\]\)"):
         Net(write(tmp_path, text), caffe.TEST)
 
 
