@@ -1,6 +1,8 @@
 """caffepy: BVLC Caffe 1.0 in Python. ``import caffe`` offers what pycaffe offered."""
 
-from caffe import io  # pycaffe exposes caffe.io as an attribute
+# pycaffe exposes caffe.io as an attribute; caffe.log is callable (caffe.log(message), as
+# pycaffe) and, imported, puts glog lines on stderr as pycaffe does
+from caffe import io, log
 from caffe.blob import Blob
 from caffe.classifier import Classifier
 from caffe.common import (
@@ -19,6 +21,7 @@ from caffe.detector import Detector
 from caffe.errors import CaffeError
 from caffe.layer import layer_type_list
 from caffe.layers.python import PythonLayer as Layer
+from caffe.log import init_log
 from caffe.net import Net
 from caffe.net_spec import NetSpec, layers, params, to_proto
 from caffe.parallel import NCCL, train_parallel
@@ -40,6 +43,7 @@ __all__ = [
     "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver", "RMSPropSolver",
     "SGDSolver", "get_solver", "NCCL", "train_parallel",
     "Blob", "CaffeError", "Classifier", "Detector", "Layer", "Net", "NetSpec", "Timer", "io",
+    "init_log", "log",
     "layers", "params", "to_proto", "TEST", "TRAIN", "has_nccl", "layer_type_list",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank",

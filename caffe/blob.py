@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from caffe import common
 from caffe.errors import CaffeError
 from caffe.syncedmem import SyncedMemory
 
@@ -202,6 +203,26 @@ class Blob:
         return self._shaped(self._diff.mutable_device_tensor())
 
     @property
+    def _gpu_data_ptr(self) -> int:
+        """The device address of the values (pycaffe's PR #5904), synced as gpu_data() does:
+        for handing the blob to CUDA code outside caffe."""
+        return self._device_pointer("_gpu_data_ptr", self.gpu_data)
+
+    @property
+    def _gpu_diff_ptr(self) -> int:
+        """The device address of the gradients, synced as gpu_diff() does."""
+        return self._device_pointer("_gpu_diff_ptr", self.gpu_diff)
+
+    def _device_pointer(self, what: str, accessor) -> int:
+        if not torch.cuda.is_available():
+            raise CaffeError(f"Blob.{what}: CUDA is not available, so the blob has no device "
+                             f"memory; this needs a CUDA build of torch and caffe.set_mode_gpu()")
+        if common.mode() != common.GPU:
+            raise CaffeError(f"Blob.{what} needs GPU mode: call caffe.set_mode_gpu() first "
+                             f"(the blob's values live on the host in CPU mode)")
+        return int(accessor().data_ptr())
+
+    @property
     def data_mem(self) -> SyncedMemory:
         return self._data
 
@@ -308,6 +329,29 @@ class Blob:
 
     def __repr__(self) -> str:
         return f"Blob(shape={list(self._shape)}, dtype={self.dtype})"
+
+
+class BlobVec(list):
+    """pycaffe's BlobVec: a layer's parameter blobs, a list of Blobs with ``add_blob``.
+
+    ``layer.blobs`` and ``net.params[name]`` are the same BlobVec, so blobs a Python layer adds
+    in ``setup`` become the net's learnable parameters and are saved in its caffemodels.
+    """
+
+    def __init__(self, blobs: Sequence[Blob] = (), dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(blobs)
+        self.dtype = dtype
+
+    def add_blob(self, *shape: int, **kwargs) -> None:
+        """Append a new zero-filled blob of ``shape`` (``add_blob(2, 3)``, as in pycaffe)."""
+        if kwargs:
+            raise CaffeError("BlobVec.add_blob takes no kwargs")
+        dims = []
+        for dim in shape:
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+                raise CaffeError(f"BlobVec.add_blob: dimensions must be ints, got {shape!r}")
+            dims.append(int(dim))
+        self.append(Blob(dims, dtype=self.dtype))
 
 
 def proto_shape(proto) -> list[int]:

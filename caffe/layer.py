@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from caffe.blob import Blob
+from caffe.blob import Blob, BlobVec
 from caffe.errors import CaffeError, LayerError
 
 _REGISTRY: dict[str, type[Layer]] = {}
@@ -68,13 +68,14 @@ class Layer:
     min_top = -1
     max_top = -1
     equal_num_bottom_top = False
+    # Caffe's AutoTopBlobs(): the net creates anonymous tops up to max(min_top, exact_num_top).
     auto_top_blobs = False
 
     def __init__(self, param, dtype: torch.dtype = torch.float32) -> None:
         self.layer_param = param
         self.phase = param.phase
         self.dtype = dtype
-        self.blobs: list[Blob] = []
+        self.blobs = BlobVec(dtype=dtype)
         for proto in param.blobs:
             blob = Blob(dtype=dtype)
             blob.from_proto(proto)
@@ -83,6 +84,15 @@ class Layer:
         self.loss_weights: list[float] = []
 
     # --- identity ----------------------------------------------------------------------------
+    @property
+    def blobs(self) -> BlobVec:
+        """The parameter blobs (pycaffe's BlobVec); a list assigned here is wrapped in one."""
+        return self._blob_vec
+
+    @blobs.setter
+    def blobs(self, value) -> None:
+        self._blob_vec = value if isinstance(value, BlobVec) else BlobVec(value, self.dtype)
+
     @property
     def type(self) -> str:
         return self.type_name
@@ -199,6 +209,8 @@ class LossLayer(Layer):
 
     exact_num_bottom = 2
     exact_num_top = 1
+    # A loss written without ``top:`` still gets its top: the net makes an unnamed one.
+    auto_top_blobs = True
 
     def __init__(self, param, dtype: torch.dtype = torch.float32) -> None:
         super().__init__(param, dtype)

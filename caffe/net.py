@@ -12,17 +12,21 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 import torch
 
 from caffe.blob import Blob
-from caffe.errors import CaffeError, NetError
+from caffe.errors import CaffeError, NetError, add_note
 from caffe.layer import Layer, create_layer
 from caffe.proto import caffe_pb2
 
 log = logging.getLogger("caffe")
+
+# The name Caffe's Net::AppendTop gives the tops it creates for a layer's AutoTopBlobs().
+AUTOMATIC_TOP = "(automatic)"
 
 
 # --- NetState filtering -----------------------------------------------------------------------
@@ -129,6 +133,17 @@ def insert_splits(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     return out
 
 
+def _name_list(kind: str, names: Sequence[str], wanted: str, limit: int = 40) -> str:
+    """``kind: a, b, ...`` for an error message, close matches to ``wanted`` first."""
+    import difflib
+
+    close = difflib.get_close_matches(wanted, names, n=3)
+    hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)"
+                                        if len(names) > limit else "")
+    return f"{hint}{kind}: {shown}"
+
+
 # --- The Net --------------------------------------------------------------------------------------
 class Net:
     """Caffe's Net with pycaffe's Python interface.
@@ -199,7 +214,7 @@ class Net:
         self.top_vecs: list[list[Blob]] = []
         self.top_id_vecs: list[list[int]] = []
         self.layer_need_backward: list[bool] = []
-        self.blob_loss_weights_list: list[float] = []
+        self._blob_loss_weights: list[float] = []
         self._inputs: list[int] = []
         self._outputs: list[int] = []
         self.params_list: list[Blob] = []
@@ -214,6 +229,11 @@ class Net:
         self.has_params_lr: list[bool] = []
         self.params_weight_decay: list[float] = []
         self.has_params_decay: list[bool] = []
+        # Net::Callback lists (pycaffe's before_forward(fn) etc.), called with a layer index.
+        self._before_forward: list[Callable[[int], object]] = []
+        self._after_forward: list[Callable[[int], object]] = []
+        self._before_backward: list[Callable[[int], object]] = []
+        self._after_backward: list[Callable[[int], object]] = []
 
         available: dict[str, int] = {}
         for layer_id, lp in enumerate(param.layer):
@@ -240,7 +260,9 @@ class Net:
                 need_backward |= self.blob_need_backward[blob_id]
             for j, name in enumerate(lp.top):
                 self._append_top(lp, layer_id, j, name, available)
-            # Layers that make their own tops (e.g. DummyData declaring auto tops).
+            if layer.auto_top_blobs:  # e.g. a loss written without ``top:``
+                for _ in range(len(lp.top), max(layer.min_top, layer.exact_num_top)):
+                    self._append_auto_top(lp, layer_id)
             self._log_setup(layer, lp)
             try:
                 layer.SetUp(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
@@ -248,14 +270,11 @@ class Net:
                 shapes = [list(b.shape) for b in self.bottom_vecs[layer_id]]
                 raise type(exc)(f"{self._where(lp.name)}: {exc} (bottom shapes {shapes})") \
                     from None
-            except Exception as exc:  # a bug or bad input surfacing from torch/numpy
-                raise NetError(f"{self._where(lp.name)}: layer {lp.name!r} (type {lp.type}) "
-                               f"failed to set up with bottom shapes "
-                               f"{[list(b.shape) for b in self.bottom_vecs[layer_id]]}: "
-                               f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                self._layer_failed(layer_id, "setup", exc)
             for j, blob_id in enumerate(self.top_id_vecs[layer_id]):
                 weight = layer.loss(j)
-                self.blob_loss_weights_list[blob_id] = weight
+                self._blob_loss_weights[blob_id] = weight
                 top = self._blobs[blob_id]
                 log.info("Top shape: %s", top.shape_string())
                 if weight:
@@ -280,6 +299,8 @@ class Net:
         for name in available:
             log.info("This network produces output %s", name)
         self._outputs = [self.blob_names_index[name] for name in available]
+        # As Caffe's blob_names_index_: every blob by name, the anonymous "(automatic)" tops too.
+        self.blob_names_index = {name: i for i, name in enumerate(self._blob_names)}
         self._share_weights()
         log.info("Network initialization done.")
 
@@ -334,12 +355,24 @@ class Net:
             self._blob_names.append(name)
             self.blob_names_index[name] = blob_id
             self.blob_need_backward.append(False)
-            self.blob_loss_weights_list.append(0.0)
+            self._blob_loss_weights.append(0.0)
             if lp.type == "Input":
                 self._inputs.append(blob_id)
         self.top_vecs[layer_id].append(self._blobs[blob_id])
         self.top_id_vecs[layer_id].append(blob_id)
         available[name] = blob_id
+
+    def _append_auto_top(self, lp, layer_id: int) -> None:
+        """An anonymous top, named "(automatic)" as Caffe names it; no later layer can take
+        it as a bottom and it is no net output."""
+        log.info("%s -> %s", lp.name, AUTOMATIC_TOP)
+        blob_id = len(self._blobs)
+        self._blobs.append(Blob(dtype=self.dtype))
+        self._blob_names.append(AUTOMATIC_TOP)
+        self.blob_need_backward.append(False)
+        self._blob_loss_weights.append(0.0)
+        self.top_vecs[layer_id].append(self._blobs[blob_id])
+        self.top_id_vecs[layer_id].append(blob_id)
 
     def _append_param(self, lp, layer_id: int, pid: int) -> None:
         spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
@@ -450,50 +483,105 @@ class Net:
 
     # --- running -----------------------------------------------------------------------------
     def _layer_index(self, index_or_name, what: str) -> int:
+        """The index of a layer given by name (pycaffe's start=/end=) or by index."""
         if isinstance(index_or_name, str):
             if index_or_name not in self.layer_names_index:
-                raise NetError(f"{what}: unknown layer {index_or_name!r}")
+                raise NetError(f"{what}: no layer named {index_or_name!r} in net {self.name!r}"
+                               f"{self._blob_hint(index_or_name)}; "
+                               f"{_name_list('layers', self._layer_names, index_or_name)}")
             return self.layer_names_index[index_or_name]
-        return int(index_or_name)
+        index = int(index_or_name)
+        if not 0 <= index < len(self.layers):
+            raise NetError(f"{what}: layer index {index} outside [0, {len(self.layers) - 1}]")
+        return index
+
+    def _blob_hint(self, name: str) -> str:
+        """For a blob name given where a layer name belongs: the layers that produce it."""
+        blob_id = self.blob_names_index.get(name)
+        if blob_id is None:
+            return ""
+        producers = [self._layer_names[i] for i, ids in enumerate(self.top_id_vecs)
+                     if blob_id in ids]
+        return f" ({name!r} is a blob, a top of layer(s) {producers}; start/end name layers)"
+
+    def _layer_failed(self, layer_id: int, what: str, exc: Exception) -> NoReturn:
+        """Raise what a layer's foreign exception becomes: a Python layer's own exception,
+        unchanged but for a note (pycaffe's callers catch it by type); anything else (a bug
+        or bad input surfacing from torch/numpy) as a NetError naming the layer."""
+        layer = self.layers[layer_id]
+        name = self._layer_names[layer_id]
+        shapes = f"bottom shapes {[list(b.shape) for b in self.bottom_vecs[layer_id]]}"
+        if what == "backward":
+            shapes = f"top shapes {[list(t.shape) for t in self.top_vecs[layer_id]]}, {shapes}"
+        context = (f"{self._where(name)}: layer {name!r} (type {layer.type}) failed in {what} "
+                   f"with {shapes}")
+        if layer.type == "Python":
+            add_note(exc, context)
+            raise exc
+        raise NetError(f"{context}: {type(exc).__name__}: {exc}") from exc
 
     def forward_from_to(self, start: int, end: int) -> float:
         """Forward layers start..end inclusive; returns the summed weighted loss."""
         if not 0 <= start <= end < len(self.layers):
             raise NetError(f"forward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
+        before, after = self._before_forward, self._after_forward
         loss = 0.0
         for i in range(start, end + 1):
-            layer = self.layers[i]
+            if before:
+                for callback in before:
+                    callback(i)
             try:
-                loss += layer.Forward(self.bottom_vecs[i], self.top_vecs[i])
+                loss += self.layers[i].Forward(self.bottom_vecs[i], self.top_vecs[i])
             except CaffeError:
                 raise
             except Exception as exc:
-                shapes = [list(b.shape) for b in self.bottom_vecs[i]]
-                raise NetError(f"layer {layer.name!r} (type {layer.type}) failed in forward with "
-                               f"bottom shapes {shapes}: {type(exc).__name__}: {exc}") from exc
+                self._layer_failed(i, "forward", exc)
             if self.debug_info:
                 self._forward_debug_info(i)
+            if after:
+                for callback in after:
+                    callback(i)
         return loss
 
     def backward_from_to(self, start: int, end: int) -> None:
         """Backward layers start down to end inclusive (start >= end)."""
         if not 0 <= end <= start < len(self.layers):
             raise NetError(f"backward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
+        before, after = self._before_backward, self._after_backward
         for i in range(start, end - 1, -1):
+            if before:  # as Caffe: callbacks run for every layer, even one without backward
+                for callback in before:
+                    callback(i)
             if self.layer_need_backward[i]:
-                layer = self.layers[i]
                 try:
-                    layer.Backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                   self.bottom_vecs[i])
+                    self.layers[i].Backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
                 except CaffeError:
                     raise
                 except Exception as exc:
-                    shapes = [list(t.shape) for t in self.top_vecs[i]]
-                    raise NetError(f"layer {layer.name!r} (type {layer.type}) failed in backward "
-                                   f"with top shapes {shapes}: {type(exc).__name__}: {exc}") \
-                        from exc
+                    self._layer_failed(i, "backward", exc)
                 if self.debug_info:
                     self._backward_debug_info(i)
+            if after:
+                for callback in after:
+                    callback(i)
+
+    # Net::Callback hooks, as pycaffe's Net.before_forward(fn) etc.: ``fn(layer_index)``.
+    def before_forward(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(i)`` before layer i's forward (BVLC python/train.py's timers)."""
+        self._before_forward.append(callback)
+
+    def after_forward(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(i)`` after layer i's forward."""
+        self._after_forward.append(callback)
+
+    def before_backward(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(i)`` before layer i's backward (also for layers that skip it)."""
+        self._before_backward.append(callback)
+
+    def after_backward(self, callback: Callable[[int], object]) -> None:
+        """Call ``callback(i)`` after layer i's backward (also for layers that skip it)."""
+        self._after_backward.append(callback)
 
     def forward_prefilled(self) -> float:
         """Forward the whole net; returns the loss (Caffe's Forward(&loss))."""
@@ -702,7 +790,7 @@ class Net:
 
     @property
     def blob_loss_weights(self) -> OrderedDict[str, float]:
-        return OrderedDict(zip(self._blob_names, self.blob_loss_weights_list))
+        return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
 
     @property
     def inputs(self) -> list[str]:
@@ -722,74 +810,106 @@ class Net:
         return OrderedDict((name, [self._blob_names[b] for b in ids]) for name, ids in
                            zip(self._layer_names, self.bottom_id_vecs))
 
+    def _bottom_ids(self, layer_id: int) -> list[int]:
+        """Blob indices of layer ``layer_id``'s bottoms (pycaffe's Net._bottom_ids)."""
+        return list(self.bottom_id_vecs[layer_id])
+
+    def _top_ids(self, layer_id: int) -> list[int]:
+        """Blob indices of layer ``layer_id``'s tops (pycaffe's Net._top_ids)."""
+        return list(self.top_id_vecs[layer_id])
+
     def _forward(self, start: int, end: int) -> float:
         return self.forward_from_to(start, end)
 
     def _backward(self, start: int, end: int) -> None:
         self.backward_from_to(start, end)
 
+    def _blob_ids(self, names, what: str) -> list[int]:
+        """Blob indices of the names a caller asked for (``blobs=``/``diffs=``), checked."""
+        if names is None:
+            return []
+        if isinstance(names, str):
+            raise NetError(f"{what}= takes a list of blob names, got the string {names!r}; "
+                           f"write {what}=[{names!r}]")
+        ids = []
+        for name in names:
+            if name not in self.blob_names_index:
+                raise NetError(f"{what}=: no blob named {name!r} in net {self.name!r}; "
+                               f"{_name_list('blobs', self._blob_names, str(name))}")
+            ids.append(self.blob_names_index[name])
+        return ids
+
+    def _check_arrays(self, arrays: dict, names: list[str], what: str, kind: str) -> dict:
+        """pycaffe's checks of forward/backward keyword arrays: exactly the net's ``names``,
+        batch sized, and assignable to the blob (numpy broadcasting, as pycaffe's ``[...] =``)."""
+        if set(arrays) != set(names):
+            raise NetError(f"{what} arguments {sorted(arrays)} do not match net {kind} {names}")
+        checked = {}
+        for name, value in arrays.items():
+            blob = self._blobs[self.blob_names_index[name]]
+            value = np.asarray(value)
+            if blob.num_axes and (value.ndim == 0 or value.shape[0] != blob.shape[0]):
+                raise NetError(f"{what} {name!r} is not batch sized: got shape "
+                               f"{list(value.shape)}, blob shape {list(blob.shape)}")
+            try:
+                fits = np.broadcast_shapes(value.shape, blob.shape) == blob.shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise NetError(f"{what} {name!r} has shape {list(value.shape)} but the blob has "
+                               f"shape {list(blob.shape)}; call net.blobs[{name!r}].reshape(...) "
+                               f"and net.reshape() first")
+            checked[name] = value
+        return checked
+
     def forward(self, blobs: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
-        """Forward pass (pycaffe): write ``kwargs`` into the input blobs, run layers start..end,
-        return ``{blob name: data}`` for the outputs (and ``blobs``)."""
-        blobs = list(blobs or [])
-        start_ind = self._layer_index(start, "forward start") if start is not None else 0
-        if end is not None:
-            end_ind = self._layer_index(end, "forward end")
-            outputs = set([end] + blobs)
+        """Forward pass (pycaffe): write ``kwargs`` into the input blobs, run the layers named
+        ``start`` to ``end`` (inclusive), return ``{blob name: data}`` for the end layer's
+        tops (the net outputs when ``end`` is None) and the ``blobs`` asked for.
+        Everything is checked before any layer runs."""
+        extra = self._blob_ids(blobs, "blobs")
+        start_ind = 0 if start is None else self._layer_index(start, "forward start")
+        if end is None:
+            end_ind, out_ids = len(self.layers) - 1, list(self._outputs)
         else:
-            end_ind = len(self.layers) - 1
-            outputs = set(self.outputs + blobs)
+            end_ind = self._layer_index(end, "forward end")
+            out_ids = list(self.top_id_vecs[end_ind])
+        if start_ind > end_ind:
+            raise NetError(f"forward: start layer {self._layer_names[start_ind]!r} (index "
+                           f"{start_ind}) comes after end layer {self._layer_names[end_ind]!r} "
+                           f"(index {end_ind})")
         if kwargs:
-            if set(kwargs) != set(self.inputs):
-                raise CaffeError(f"Input blob arguments {sorted(kwargs)} do not match net inputs "
-                                 f"{self.inputs}")
-            for name, value in kwargs.items():
-                blob = self.blobs[name]
-                value = np.asarray(value)
-                if value.ndim == 0 or value.shape[0] != blob.shape[0]:
-                    raise CaffeError(f"Input {name!r} is not batch sized: got shape "
-                                     f"{list(value.shape)}, blob shape {list(blob.shape)}")
-                if value.shape != blob.shape:
-                    raise CaffeError(f"Input {name!r} has shape {list(value.shape)} but the blob "
-                                     f"has shape {list(blob.shape)}; call net.blobs[{name!r}]."
-                                     f"reshape(...) and net.reshape() first")
-                blob.data[...] = value
+            arrays = self._check_arrays(kwargs, self.inputs, "Input blob", "inputs")
+            for name, value in arrays.items():
+                self._blobs[self.blob_names_index[name]].data[...] = value
         self._forward(start_ind, end_ind)
-        missing = [o for o in outputs if o not in self.blob_names_index]
-        if missing:
-            raise CaffeError(f"forward: no blob named {missing} in the net")
-        return {out: self.blobs[out].data for out in outputs}
+        return {self._blob_names[i]: self._blobs[i].data for i in out_ids + extra}
 
     def backward(self, diffs: Sequence[str] | None = None, start: str | None = None,
                  end: str | None = None, **kwargs) -> dict[str, np.ndarray]:
-        """Backward pass (pycaffe): write ``kwargs`` into the output diffs, run layers start
-        down to end, return ``{blob name: diff}`` for the inputs (and ``diffs``)."""
-        diffs = list(diffs or [])
-        start_ind = (self._layer_index(start, "backward start") if start is not None
-                     else len(self.layers) - 1)
-        if end is not None:
-            end_ind = self._layer_index(end, "backward end")
-            outputs = set([end] + diffs)
+        """Backward pass (pycaffe): write ``kwargs`` into the output blobs' diffs, run the
+        layers named ``start`` down to ``end`` (inclusive), return ``{blob name: diff}`` for
+        the end layer's bottoms (the net inputs when ``end`` is None) and the ``diffs`` asked
+        for. Everything is checked before any layer runs."""
+        extra = self._blob_ids(diffs, "diffs")
+        start_ind = (len(self.layers) - 1 if start is None
+                     else self._layer_index(start, "backward start"))
+        if end is None:
+            end_ind, out_ids = 0, list(self._inputs)
         else:
-            end_ind = 0
-            outputs = set(self.inputs + diffs)
+            end_ind = self._layer_index(end, "backward end")
+            out_ids = list(self.bottom_id_vecs[end_ind])
+        if start_ind < end_ind:
+            raise NetError(f"backward: start layer {self._layer_names[start_ind]!r} (index "
+                           f"{start_ind}) comes before end layer {self._layer_names[end_ind]!r} "
+                           f"(index {end_ind}); backward runs from start down to end")
         if kwargs:
-            if set(kwargs) != set(self.outputs):
-                raise CaffeError(f"Top diff arguments {sorted(kwargs)} do not match net outputs "
-                                 f"{self.outputs}")
-            for name, value in kwargs.items():
-                blob = self.blobs[name]
-                value = np.asarray(value)
-                if value.shape != blob.shape:
-                    raise CaffeError(f"Diff {name!r} has shape {list(value.shape)}; blob shape "
-                                     f"is {list(blob.shape)}")
-                blob.diff[...] = value
+            arrays = self._check_arrays(kwargs, self.outputs, "Top diff", "outputs")
+            for name, value in arrays.items():
+                self._blobs[self.blob_names_index[name]].diff[...] = value
         self._backward(start_ind, end_ind)
-        missing = [o for o in outputs if o not in self.blob_names_index]
-        if missing:
-            raise CaffeError(f"backward: no blob named {missing} in the net")
-        return {out: self.blobs[out].diff for out in outputs}
+        return {self._blob_names[i]: self._blobs[i].diff for i in out_ids + extra}
 
     def _batch(self, blobs: dict) -> list[dict]:
         """Split input arrays into net-batch-sized chunks (the last padded with zeros)."""
@@ -840,12 +960,28 @@ class Net:
                 {k: np.asarray(v[:num]) for k, v in all_diffs.items()})
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray, layer_idx: int = 0) -> None:
-        """Feed arrays to a MemoryData layer (pycaffe's set_input_arrays)."""
-        layer = self.layers[layer_idx]
-        if layer.type != "MemoryData":
-            raise CaffeError(f"set_input_arrays: layer {layer_idx} ({layer.name!r}) is of type "
-                             f"{layer.type}, not MemoryData")
-        layer.reset(data, labels)
+        """Feed arrays to a MemoryData layer (pycaffe's set_input_arrays): N x C x H x W
+        float32 data and N (or N x 1 x 1 x 1) float32 labels, referenced, not copied."""
+        if layer_idx == 0:
+            self._set_input_arrays(data, labels)
+            return
+        self._memory_data_layer(layer_idx).reset(data, labels)
+
+    def _set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """pycaffe's low-level form: the first layer must be MemoryData."""
+        self._memory_data_layer(0).reset(data, labels)
+
+    def _memory_data_layer(self, layer_idx: int) -> Layer:
+        layer = self.layers[layer_idx] if 0 <= layer_idx < len(self.layers) else None
+        if layer is not None and layer.type == "MemoryData":
+            return layer
+        found = (f"layer {layer_idx} ({layer.name!r}) is a {layer.type} layer" if layer
+                 else f"the net has no layer {layer_idx}")
+        if layer_idx == 0:  # pycaffe's message
+            raise NetError(f"set_input_arrays may only be called if the first layer is a "
+                           f"MemoryDataLayer; {found}")
+        raise NetError(f"set_input_arrays(layer_idx={layer_idx}) needs a MemoryData layer "
+                       f"there; {found}")
 
     def __repr__(self) -> str:
         return f"<caffe.Net {self.name!r}: {len(self.layers)} layers, {len(self._blobs)} blobs>"

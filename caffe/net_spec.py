@@ -130,8 +130,8 @@ def _fill_message(message: Message, value: Any, where: str) -> None:
     if isinstance(value, Message):
         message.CopyFrom(value)
     elif isinstance(value, dict):
-        # An empty dict still asks for the message: mark it present.
-        message.SetInParent()
+        # As pycaffe: a singular message field is set only by the fields the dict fills, so an
+        # empty dict leaves it unset (an empty dict in a list still adds a repeated item).
         for key, item in value.items():
             assign_proto(message, key, item)
     else:

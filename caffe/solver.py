@@ -36,6 +36,7 @@ from google.protobuf import text_format
 from caffe.common import root_solver
 from caffe.errors import SolverError
 from caffe.proto import caffe_pb2
+from caffe.timer import Timer
 
 log = logging.getLogger("caffe")
 
@@ -136,6 +137,10 @@ class Solver:
         self.requested_early_exit = False
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
+        # The speed on the display lines: time and iteration of the previous display (Caffe's
+        # iteration_timer_ / iterations_last_, which start at 0 and persist across steps).
+        self.iteration_timer = Timer()
+        self.iterations_last = 0
         self.init(param)
 
     # --- construction ------------------------------------------------------------------------
@@ -305,6 +310,8 @@ class Solver:
         stop_iter = self.iter + int(iters)
         self.losses = []
         self.smoothed_loss = 0.0
+        # Already running (from the last display) when step is called again: keeps counting.
+        self.iteration_timer.start()
         while self.iter < stop_iter:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
@@ -322,10 +329,8 @@ class Solver:
                 loss += self.net.forward_backward()
             loss /= p.iter_size
             self.update_smoothed_loss(loss, start_iter, p.average_loss)
-            if display and root_solver():
-                log.info("Iteration %d, loss = %s", self.iter, _g(self.smoothed_loss))
-                for line in output_lines(self.net, "Train"):
-                    log.info("%s", line)
+            if display:
+                self.display_iteration()
             for callback in self.callbacks:
                 callback.on_gradients_ready()
             self.apply_update()
@@ -365,6 +370,21 @@ class Solver:
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
+
+    def display_iteration(self) -> None:
+        """Caffe 1.0's display: ``Iteration 100 (2.34 iter/s, 42.7s/100 iters), loss = 0.23``
+        (iterations since the previous display over the seconds since then; as in Caffe the
+        count starts at iteration 0, so a new solver's first display shows 0 iter/s), then the
+        train net outputs. Only the root solver logs."""
+        lapse = np.float32(self.iteration_timer.seconds())
+        per_s = np.float32(self.iter - self.iterations_last) / (lapse if lapse else 1)
+        if root_solver():
+            log.info("Iteration %d (%s iter/s, %ss/%d iters), loss = %s", self.iter, _g(per_s),
+                     _g(lapse), self.param.display, _g(self.smoothed_loss))
+            for line in output_lines(self.net, "Train"):
+                log.info("%s", line)
+        self.iteration_timer.start()
+        self.iterations_last = self.iter
 
     def update_smoothed_loss(self, loss: float, start_iter: int, average_loss: int) -> None:
         """Mean of the last ``average_loss`` iteration losses, kept in a ring buffer."""

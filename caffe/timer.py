@@ -23,7 +23,8 @@ def _sync() -> None:
 
 
 class Timer:
-    """``start()``, ``stop()``, then ``milliseconds()`` / ``microseconds()`` / ``seconds()``."""
+    """``start()``, ``stop()``, then ``milliseconds()`` (pycaffe: ``ms``) / ``microseconds()`` /
+    ``seconds()``."""
 
     def __init__(self) -> None:
         self.running = False
@@ -60,6 +61,11 @@ class Timer:
 
     def microseconds(self) -> float:
         return self._elapsed() * 1e6
+
+    @property
+    def ms(self) -> float:
+        """pycaffe's ``Timer.ms``: the elapsed milliseconds (stops a running timer first)."""
+        return self.milliseconds()
 
     # C++ Caffe's spellings.
     Start = start

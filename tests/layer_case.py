@@ -15,12 +15,22 @@ from caffe.proto import caffe_pb2
 from caffe.testing import GradientChecker
 
 GOLDEN = Path(__file__).parent / "golden"
+# The golden README's tolerances for C++ Caffe's float32 (OpenBLAS) against caffepy's float32
+# (torch), which sum in other orders. Why they suffice: the cases' reductions have at most ~100
+# terms (forward: 27 in conv_basic; backward: sums over batch and positions) with sum|x| at most
+# ~10 where results cancel. Rounding errors of random sign put two orders of an n-term float32 sum
+# about sqrt(n) * u * sum|x| apart (u = eps / 2; the worst case is (n - 1) * eps * sum|x|,
+# tolerance.py): ~6e-6, within atol 1e-5, and ~1e-6 relative where terms do not cancel, within
+# rtol 1e-4. Gradients chain two such sums (top diff through the forward's derivative): a factor
+# 10 on both. Measured, the worst golden element uses 3% of FWD_TOL (conv_basic's top 0).
 FWD_TOL = dict(rtol=1e-4, atol=1e-5)
 GRAD_TOL = dict(rtol=1e-3, atol=1e-4)
 
 
-def load_case(name: str) -> dict:
-    with np.load(GOLDEN / "layers" / f"{name}.npz") as npz:
+def load_case(name: str, fork: bool = False) -> dict:
+    """One golden layer case: from golden/layers, or golden/fork/layers when ``fork``."""
+    folder = GOLDEN / "fork" / "layers" if fork else GOLDEN / "layers"
+    with np.load(folder / f"{name}.npz") as npz:
         return {k: npz[k] for k in npz.files}
 
 
@@ -56,9 +66,10 @@ def build_case_layer(case: dict, dtype: torch.dtype = torch.float32):
     return layer, bottom, top
 
 
-def run_golden_case(name: str) -> None:
-    """Forward, state update, and backward of one golden case, compared with C++ Caffe."""
-    case = load_case(name)
+def run_golden_case(name: str, fork: bool = False) -> None:
+    """Forward, state update, and backward of one golden case, compared with C++ Caffe (or,
+    ``fork``, with a fork-layer case)."""
+    case = load_case(name, fork)
     layer, bottom, top = build_case_layer(case)
     for blob in layer.blobs:
         blob.diff[...] = 0

@@ -44,7 +44,11 @@ random_seed: 1 solver_mode: CPU
 GLOG = re.compile(r"^(?P<severity>[IWEF])(?P<month>\d\d)(?P<day>\d\d) "
                   r"(?P<time>\d\d:\d\d:\d\d\.\d{6}) +(?P<pid>\d+) (?P<file>[\w.]+):(?P<line>\d+)\] "
                   r"(?P<msg>.*)$")
-NUM = r"([-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf))"
+FLOAT = r"[-+]?(?:\d+\.?\d*(?:e[-+]?\d+)?|nan|inf)"
+NUM = rf"({FLOAT})"
+# Step's display line is Caffe 1.0's "Iteration N (R iter/s, Ts/D iters), loss = X"; Solve's
+# closing line after the last update is "Iteration N, loss = X".
+LOSS_LINE = rf"Iteration (\d+)(?: \({FLOAT} iter/s, {FLOAT}s/\d+ iters\))?, loss = {NUM}"
 
 
 def messages(log: str) -> list[str]:
@@ -88,7 +92,7 @@ def test_train_snapshot_resume_test_time_end_to_end(workdir):
     msgs = messages(proc.stderr)
     assert "Use CPU." in msgs and "Solving tiny" in msgs
     assert "Learning Rate Policy: step" in msgs
-    losses = {int(i): float(v) for i, v in values(msgs, rf"Iteration (\d+), loss = {NUM}")}
+    losses = {int(i): float(v) for i, v in values(msgs, LOSS_LINE)}
     assert sorted(losses) == [0, 1, 2, 3, 4, 5, 6]
     assert losses[6] < losses[0]
     lrs = {int(i): float(v) for i, v in values(msgs, rf"Iteration (\d+), lr = {NUM}")}
@@ -119,7 +123,7 @@ def test_train_snapshot_resume_test_time_end_to_end(workdir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     msgs = messages(proc.stderr)
     assert "Resuming from snaps/tiny_iter_3.solverstate" in msgs
-    resumed = sorted(int(i) for i, _ in values(msgs, rf"Iteration (\d+), loss = {NUM}"))
+    resumed = sorted(int(i) for i, _ in values(msgs, LOSS_LINE))
     assert resumed == [3, 4, 5, 6]
     assert values(msgs, rf"Iteration 3, lr = {NUM}") == [("0.1",)]
     assert (workdir / "snaps" / "tiny_iter_6.caffemodel").read_bytes() != first_weights
@@ -236,7 +240,7 @@ def test_finetune_from_weights_and_progress_on_a_terminal(workdir, in_process, m
     # the progress line is wiped before a log record is written
     assert "\r\x1b[KI" in text
     # the finetuned net starts where the first run ended
-    losses = dict(values(msgs, rf"Iteration (\d+), loss = {NUM}"))
+    losses = dict(values(msgs, LOSS_LINE))
     assert float(losses["0"]) < 0.5
 
 
@@ -322,7 +326,12 @@ def test_device_query_without_gpu_flag(in_process, capsys):
 def test_help_text_names_flags():
     from caffe.tools.train import brew_flags
 
-    text = brew_flags("train").help_text()
-    for flag in ("-solver", "-snapshot", "-weights", "-gpu", "-sigint_effect", "-sighup_effect",
-                 "-iterations", "-level", "-stage", "-phase", "-model"):
-        assert flag in text
+    # each command's help lists the flags that command reads (Caffe's flag names), only those
+    own = {"train": ("-solver", "-snapshot", "-weights", "-gpu", "-sigint_effect",
+                     "-sighup_effect", "-level", "-stage"),
+           "test": ("-model", "-weights", "-gpu", "-iterations", "-level", "-stage", "-phase"),
+           "time": ("-model", "-gpu", "-iterations", "-level", "-stage", "-phase")}
+    for command, flags in own.items():
+        listed = re.findall(r"^  (-\w+) \(", brew_flags(command).help_text(), re.M)
+        assert set(flags) <= set(listed)
+        assert not {"-solver", "-model", "-snapshot", "-iterations"} - set(flags) & set(listed)

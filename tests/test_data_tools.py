@@ -13,6 +13,7 @@ from caffe.errors import CaffeError, DataError
 from caffe.tools import cli, compute_image_mean, convert_imageset, extract_features
 
 from data_case import GOLDEN_DATA, golden_data, make_data_layer, run_batches, setup_layer
+from tolerance import matmul_atol
 
 HAS_PLYVEL = __import__("importlib").util.find_spec("plyvel") is not None
 BACKENDS = ["lmdb", pytest.param("leveldb", marks=pytest.mark.skipif(
@@ -186,7 +187,8 @@ def test_extract_features_matches_net_outputs(tmp_path):
     assert [k for k, _ in records] == [f"{i:010d}" for i in range(6)]
     feats = np.stack([np.asarray(parse_datum(v).float_data, np.float32) for _, v in records])
     x = images[[0, 1, 2, 3, 0, 1]].reshape(6, -1).astype(np.float32) * np.float32(0.01)
-    np.testing.assert_allclose(feats, x @ w.T + b, rtol=1e-5, atol=1e-6)
+    # numpy's float32 matmul sums in its own order: atol from the terms' sizes (tolerance.py).
+    np.testing.assert_allclose(feats, x @ w.T + b, rtol=1e-5, atol=matmul_atol(x, w.T, b))
     datum = parse_datum(records[0][1])
     assert (datum.channels, datum.height, datum.width) == (4, 1, 1)
     with dbmod.open_db(out_data) as db:

@@ -7,6 +7,8 @@ import pytest
 
 import caffe
 
+from layer_case import FWD_TOL
+
 NETS = Path(__file__).parent / "golden" / "nets"
 NAMES = ["lenet", "mini_inception", "mini_resnet", "legacy_v1"]
 
@@ -14,6 +16,15 @@ NAMES = ["lenet", "mini_inception", "mini_resnet", "legacy_v1"]
 def load(name):
     with np.load(NETS / f"{name}.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+def blob_tol(value: np.ndarray) -> dict:
+    """The golden README's forward tolerance (layer_case.FWD_TOL, derived there for values of
+    order 1), its absolute term scaled by the blob's largest value where that is above 1:
+    rounding errors scale with the values summed. (mini_resnet's BatchNorm with zero
+    statistics multiplies by 1 / sqrt(eps) = 316, so its conv2 reaches 3e5, and where terms
+    of that size cancel the error is ~0.1.)"""
+    return dict(rtol=FWD_TOL["rtol"], atol=FWD_TOL["atol"] * max(1.0, float(np.abs(value).max())))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -26,7 +37,7 @@ def test_golden_net_reproduces_every_blob(name):
     expected = {k.split("/", 1)[1]: v for k, v in golden.items() if k.startswith("blob/")}
     assert sorted(expected) == sorted(net.blobs), "blob names (split blobs included) differ"
     for blob_name, value in expected.items():
-        np.testing.assert_allclose(net.blobs[blob_name].data, value, rtol=1e-4, atol=1e-5,
+        np.testing.assert_allclose(net.blobs[blob_name].data, value, **blob_tol(value),
                                    err_msg=f"{name}: blob {blob_name}")
 
 
@@ -55,5 +66,6 @@ def test_cached_blob_views_follow_later_forwards():
     net.forward(**{data_name: first[::-1].copy()})
     net.forward(**{data_name: first})
     for name, view in views.items():
-        np.testing.assert_allclose(view, golden[f"blob/{name}"], rtol=1e-4, atol=1e-5,
+        value = golden[f"blob/{name}"]
+        np.testing.assert_allclose(view, value, **blob_tol(value),
                                    err_msg=name)

@@ -8,6 +8,7 @@ from caffe.blob import Blob
 from caffe.errors import LayerError
 
 from layer_case import build_layer, gradient_check, make_layer, run_golden_case
+from tolerance import matmul_atol
 
 FILLERS = "weight_filler { type: 'gaussian' std: 0.5 } bias_filler { type: 'gaussian' std: 0.5 }"
 
@@ -73,9 +74,10 @@ def test_parameter_diffs_accumulate():
 def test_float32():
     layer, bottom, top = setup_layer(ip("num_output: 3"), (4, 5), dtype=torch.float32)
     layer.Forward(bottom, top)
-    expected = bottom[0].data.astype(float) @ layer.blobs[0].data.T.astype(float) + \
-        layer.blobs[1].data
-    np.testing.assert_allclose(top[0].data, expected, rtol=1e-5, atol=1e-6)
+    x, w, b = bottom[0].data, layer.blobs[0].data, layer.blobs[1].data
+    expected = x.astype(float) @ w.T.astype(float) + b
+    # float32 sums of 5 products and the bias, against the float64 ones (tolerance.py).
+    np.testing.assert_allclose(top[0].data, expected, rtol=1e-5, atol=matmul_atol(x, w.T, b))
 
 
 def test_errors():

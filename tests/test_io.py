@@ -7,6 +7,8 @@ import caffe.io
 from caffe.errors import CaffeError
 from caffe.proto import caffe_pb2
 
+from tolerance import sum_order_atol
+
 RNG = np.random.default_rng(0)
 
 
@@ -76,8 +78,11 @@ def test_transformer_preprocess_formula_and_deprocess_inverse():
                  - np.array([104.0, 117.0, 123.0])[:, None, None].astype(np.float32))
                 * np.float32(0.5))
     assert out.dtype == np.float32 and out.shape == (3, 6, 5)
-    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(t.deprocess("data", out[None]), img, rtol=1e-5, atol=1e-6)
+    # float32 (x * 255 - mean) * 0.5 cancels near zero: two roundings of size <= 255 + 123
+    # (tolerance.py), halved; deprocess undoes it in three more, scaled back by 1 / 255.
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0.5 * sum_order_atol(3, 255 + 123))
+    np.testing.assert_allclose(t.deprocess("data", out[None]), img, rtol=1e-5,
+                               atol=sum_order_atol(6, (255 + 123) / 255))
 
 
 def test_transformer_resizes_to_input_and_elementwise_mean():
@@ -87,7 +92,8 @@ def test_transformer_resizes_to_input_and_elementwise_mean():
     t.set_mean("data", mean)
     img = np.full((8, 8, 3), 0.5, np.float32)
     out = t.preprocess("data", img)
-    np.testing.assert_allclose(out, 0.5 - mean, rtol=1e-6)
+    # The mean is rounded to float32, then subtracted: 0.5 - mean cancels near zero.
+    np.testing.assert_allclose(out, 0.5 - mean, rtol=1e-6, atol=sum_order_atol(2, 0.5 + mean))
     # A mean of another size is resized to the input size.
     t.set_mean("data", np.ones((3, 8, 8)) * np.arange(1, 4)[:, None, None])
     assert t.mean["data"].shape == (3, 4, 4)

@@ -6,11 +6,11 @@ from caffe.blob import Blob
 from caffe.errors import LayerError
 from caffe.proto import caffe_pb2
 
-from layer_case import forward_layer, gradient_check, make_layer, run_golden_case
+from layer_case import forward_layer, gradient_check, load_case, make_layer, run_golden_case
 
 GOLDEN = ["softmax_loss", "softmax_loss_batchsize_norm", "softmax_loss_spatial_ignore",
           "euclidean_loss", "sigmoid_ce_loss", "hinge_l1", "hinge_l2", "multinomial_logistic",
-          "infogain", "contrastive", "accuracy_top2", "loss_weight_2"]
+          "infogain_1_0", "contrastive", "accuracy_top2", "loss_weight_2"]
 
 
 @pytest.mark.parametrize("case", GOLDEN)
@@ -285,39 +285,83 @@ def test_multinomial_label_out_of_range():
 
 
 # --- InfogainLoss --------------------------------------------------------------------------------
-def _infogain_reference(p, labels, h, axis=1, ignore=None):
-    p = np.moveaxis(p, axis, -1)
+def _infogain_reference(x, labels, h, axis=1, ignore=None, mode="VALID"):
+    """Caffe 1.0: softmax of the scores over ``axis``, then the H-weighted log loss."""
+    x = np.moveaxis(x, axis, -1)
+    p = np.exp(x - x.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
     lab = labels.reshape(p.shape[:-1]).astype(int)
     valid = np.ones(lab.shape, bool) if ignore is None else lab != ignore
     rows = h[np.where(valid, lab, 0)] * valid[..., None]
-    return -(rows * np.log(np.maximum(p, 1e-20))).sum() / max(1, valid.sum())
+    outer = int(np.prod(x.shape[:axis]))
+    normalizer = {"FULL": lab.size, "VALID": valid.sum(), "BATCH_SIZE": outer, "NONE": 1}[mode]
+    return -(rows * np.log(np.maximum(p, 1e-20))).sum() / max(1, normalizer)
+
+
+def test_infogain_golden_float64_gradient():
+    """The 1.0 golden case's bottoms, gradient-checked in float64 w.r.t. the scores."""
+    case = load_case("infogain_1_0")
+    bottoms = [case[f"bottom_{i}"].astype(float) for i in range(3)]
+    gradient_check("type: 'InfogainLoss'", [b.shape for b in bottoms], check_bottom=0,
+                   bottom_values=bottoms)
 
 
 def test_infogain_gradient_third_bottom():
     gradient_check("type: 'InfogainLoss'", [(3, 5), (3,), (1, 1, 5, 5)], check_bottom=0,
-                   bottom_values=[_uniform((3, 5), 0.2, 1), _labels((3,), 5),
+                   bottom_values=[_uniform((3, 5), -2, 2), _labels((3,), 5),
                                   _uniform((1, 1, 5, 5), 0, 2)])
 
 
 def test_infogain_gradient_axis_and_ignore():
     param = "type: 'InfogainLoss' infogain_loss_param { axis: 2 } loss_param { ignore_label: 0 }"
     gradient_check(param, [(2, 3, 4), (2, 3), (4, 4)], check_bottom=0,
-                   bottom_values=[_uniform((2, 3, 4), 0.2, 1), _labels((2, 3), 4, seed=3),
+                   bottom_values=[_uniform((2, 3, 4), -2, 2), _labels((2, 3), 4, seed=3),
                                   _uniform((4, 4), 0, 2)])
 
 
+# float64 throughout: numpy and torch differ only in summation order over <= 24 terms of
+# magnitude <= ~10, so relative differences stay near 24 * 2.2e-16; rtol 1e-12 has margin.
 def test_infogain_values_axis_and_ignore():
-    p, labels, h = _uniform((2, 3, 4), 0.1, 1), _labels((2, 3), 4, seed=3), _uniform((4, 4), 0, 2)
+    x, labels, h = _uniform((2, 3, 4), -2, 2), _labels((2, 3), 4, seed=3), _uniform((4, 4), 0, 2)
     _, _, _, loss = forward_layer("type: 'InfogainLoss' infogain_loss_param { axis: 2 } "
-                                  "loss_param { ignore_label: 0 }", [p, labels, h])
-    np.testing.assert_allclose(loss, _infogain_reference(p, labels, h, 2, 0), rtol=1e-12)
+                                  "loss_param { ignore_label: 0 }", [x, labels, h])
+    np.testing.assert_allclose(loss, _infogain_reference(x, labels, h, 2, 0), rtol=1e-12)
 
 
-def test_infogain_identity_matrix_is_multinomial_logistic():
-    p, labels = _uniform((3, 4), 0.1, 1), _labels((3,), 4)
-    _, _, _, infogain = forward_layer("type: 'InfogainLoss'", [p, labels, np.eye(4)])
-    _, _, _, logistic = forward_layer("type: 'MultinomialLogisticLoss'", [p, labels])
-    np.testing.assert_allclose(infogain, logistic, rtol=1e-12)
+def test_infogain_softmax_axis_is_infogain_axis():
+    # 1.0 runs its internal softmax over infogain_loss_param.axis; softmax_param is not read.
+    x, labels, h = _uniform((2, 3, 4), -2, 2), _labels((2, 3), 4, seed=3), _uniform((4, 4), 0, 2)
+    _, _, _, loss = forward_layer("type: 'InfogainLoss' infogain_loss_param { axis: -1 } "
+                                  "softmax_param { axis: 1 }", [x, labels, h])
+    np.testing.assert_allclose(loss, _infogain_reference(x, labels, h, 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["FULL", "VALID", "BATCH_SIZE", "NONE"])
+def test_infogain_normalization(mode):
+    x, labels, h = _uniform((2, 4, 3), -2, 2), _labels((2, 1, 3), 4, seed=1), _uniform((4, 4), 0, 2)
+    param = f"type: 'InfogainLoss' loss_param {{ ignore_label: 2 normalization: {mode} }}"
+    layer, bottom, top, loss = forward_layer(param, [x, labels, h])
+    np.testing.assert_allclose(loss, _infogain_reference(x, labels, h, 1, 2, mode), rtol=1e-12)
+
+
+def test_infogain_rejects_deprecated_normalize():
+    with pytest.raises(LayerError, match='normalize is deprecated. use "normalization"'):
+        forward_layer("type: 'InfogainLoss' loss_param { normalize: true }",
+                      [_uniform((3, 4)), _labels((3,), 4), np.eye(4)])
+
+
+def test_infogain_second_top_is_the_softmax():
+    x, labels = _uniform((3, 4, 2), -2, 2), _labels((3, 2), 4)
+    _, _, top, _ = forward_layer("type: 'InfogainLoss'", [x, labels, np.eye(4)], n_tops=2)
+    p = np.exp(x - x.max(1, keepdims=True))
+    np.testing.assert_allclose(top[1].data, p / p.sum(1, keepdims=True), rtol=1e-12)
+
+
+def test_infogain_identity_matrix_is_softmax_with_loss():
+    x, labels = _uniform((3, 4), -2, 2), _labels((3,), 4)
+    _, _, _, infogain = forward_layer("type: 'InfogainLoss'", [x, labels, np.eye(4)])
+    _, _, _, softmax = forward_layer("type: 'SoftmaxWithLoss'", [x, labels])
+    np.testing.assert_allclose(infogain, softmax, rtol=1e-12)
 
 
 def test_infogain_matrix_from_source(tmp_path):
@@ -327,10 +371,10 @@ def test_infogain_matrix_from_source(tmp_path):
     proto.data.extend(h.reshape(-1).tolist())
     source = tmp_path / "infogain.binaryproto"
     source.write_bytes(proto.SerializeToString())
-    p, labels = _uniform((3, 4), 0.1, 1), _labels((3,), 4)
+    x, labels = _uniform((3, 4), -2, 2), _labels((3,), 4)
     _, _, _, loss = forward_layer(
-        f"type: 'InfogainLoss' infogain_loss_param {{ source: '{source}' }}", [p, labels])
-    expected = _infogain_reference(p, labels, h.astype(np.float32).astype(float))
+        f"type: 'InfogainLoss' infogain_loss_param {{ source: '{source}' }}", [x, labels])
+    expected = _infogain_reference(x, labels, h.astype(np.float32).astype(float))
     np.testing.assert_allclose(loss, expected, rtol=1e-12)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -309,3 +311,17 @@ def test_printed_prototxt_parses_back_and_instantiates(build):
         x = np.arange(12, dtype=np.float32).reshape(2, 6)
         out = net.forward(data=x)
         np.testing.assert_array_equal(out["cat"], np.concatenate([x[:, 3:], x[:, :1]], axis=1))
+
+
+def test_empty_dict_leaves_a_message_field_unset_as_pycaffe():
+    # pycaffe's assign_proto only touches a message through the fields a dict names, so an empty
+    # dict sets nothing; an empty dict inside a list still adds a repeated item.
+    n = NetSpec()
+    n.data = L.AnnotatedData(annotated_data_param=dict(batch_sampler=[dict(sampler={})]),
+                             data_param=dict())
+    layer = n.to_proto().layer[0]
+    assert not layer.HasField("data_param")
+    assert len(layer.annotated_data_param.batch_sampler) == 1
+    assert not layer.annotated_data_param.batch_sampler[0].HasField("sampler")
+    text = str(layer)
+    assert re.search(r"\bsampler\b", text) is None and re.search(r"\bdata_param\b", text) is None

@@ -23,6 +23,7 @@ from caffe.parallel import NCCL
 from caffe.solver import get_solver
 
 from data_case import random_images, write_db
+from tolerance import sum_order_atol
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 10  # not a multiple of the batch: the readers wrap around mid-run
@@ -138,11 +139,18 @@ def test_two_solvers_with_batch_b_match_one_solver_with_batch_2b(tmp_path):
     for i, (w0, w) in enumerate(zip(start, params(single.net))):
         np.testing.assert_array_equal(w0, rank0[f"before{i}"])
         assert not np.allclose(w, w0, rtol=1e-3)  # training moved every parameter
-        np.testing.assert_allclose(rank0[f"after{i}"], w, rtol=1e-5)
+        # The two runs sum the same 2b per-record gradient terms grouped differently ((b + b) / 2
+        # against 2b, in other threads), so each iteration's update of a weight, at most
+        # max|w0| + max|w| in size, may differ by 2b float32 roundings of that size
+        # (tolerance.py); `iters` updates add up. A weight near zero needs this absolute term.
+        atol = iters * sum_order_atol(2 * b + 1, np.abs(w0).max() + np.abs(w).max())
+        np.testing.assert_allclose(rank0[f"after{i}"], w, rtol=1e-5, atol=atol)
 
 
 # glog: I1122 00:19:10.123456 12345 solver.py:42] message
 GLOG = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +(?P<pid>\d+) [\w.]+:\d+\] (?P<msg>.*)$")
+# Step's display line (Caffe 1.0's, with the speed) or Solve's closing "Iteration N, loss = X"
+LOSS_LINE = re.compile(r"Iteration (\d+)(?: \(\S+ iter/s, \S+s/\d+ iters\))?, loss = ")
 
 
 def caffe_train(*args, cwd, timeout=TIMEOUT_S) -> tuple[subprocess.CompletedProcess, int]:
@@ -176,7 +184,7 @@ def test_cli_cpu_workers_trains_and_only_the_root_logs_and_snapshots(tmp_path):
     pids = {int(m["pid"]) for m in lines}
     root_pids = {int(m["pid"]) for m in lines if m["msg"] == "Solving par"}
     assert len(root_pids) == 1 and pids == {parent_pid} | root_pids, pids
-    iterations = [int(m[1]) for m in map(re.compile(r"Iteration (\d+), loss = ").match, msgs)
+    iterations = [int(m[1]) for m in map(LOSS_LINE.match, msgs)
                   if m]
     assert iterations == [0, 1, 2, 3, 4]
     assert [m for m in msgs if "Testing net" in m] == [
@@ -194,7 +202,7 @@ def test_cli_cpu_workers_trains_and_only_the_root_logs_and_snapshots(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     msgs = [m["msg"] for m in map(GLOG.match, proc.stderr.splitlines()) if m]
     assert msgs.count("Resuming from snaps/par_iter_4.solverstate") == 1
-    iterations = [int(m[1]) for m in map(re.compile(r"Iteration (\d+), loss = ").match, msgs)
+    iterations = [int(m[1]) for m in map(LOSS_LINE.match, msgs)
                   if m]
     assert iterations == [4, 5, 6]
     assert "par_iter_6.caffemodel" in os.listdir(tmp_path / "snaps")
@@ -244,7 +252,8 @@ def test_only_the_root_solver_tests_displays_and_snapshots(tmp_path, monkeypatch
         f"par_iter_{i}.{ext}" for i in (1, 2) for ext in ("caffemodel", "solverstate")]
     assert [m for m in msgs if "Testing net" in m] == [
         "Iteration 0, Testing net (#0)", "Iteration 1, Testing net (#0)"]
-    assert sum("Iteration 0, loss = " in m for m in msgs) == 1
+    assert sum(bool(re.match(r"Iteration 0 \(\S+ iter/s, \S+s/\d+ iters\), loss = ", m))
+               for m in msgs) == 1
 
 
 def test_parallel_argument_errors(tmp_path, capsys, monkeypatch):

@@ -70,9 +70,13 @@ def test_exception_in_python_layer_names_the_layer(tmp_path):
         layer { name: 'in' type: 'Input' top: 'x' input_param { shape { dim: 2 } } }
         layer { name: 'bad' type: 'Python' bottom: 'x' top: 'y'
                 python_param { module: 'pylayers' layer: 'Raising' } }""")
-    with pytest.raises(LayerError, match=r"Python layer 'bad' \(pylayers.Raising\) raised in "
-                                         r"forward\(\): ValueError: boom in user code"):
+    # pycaffe lets the user's exception through unchanged; caffepy adds its context as notes.
+    with pytest.raises(ValueError) as info:
         net.forward()
+    assert str(info.value) == "boom in user code"
+    notes = getattr(info.value, "__notes__", [])
+    assert notes[0] == "Python layer 'bad' (pylayers.Raising) raised in forward()"
+    assert "py.prototxt:3: layer 'bad' (type Python) failed in forward" in notes[1]
 
 
 @pytest.mark.parametrize("param,message", [

@@ -22,6 +22,7 @@ from caffe.solvers import (
 )
 
 from solver_case import write_solver_prototxt
+from tolerance import EPS32, sum_order_atol
 
 # One learnable 1x3 blob w pulled towards the input t: loss = |w - t|^2 / 2, dloss/dw = w - t.
 QUAD = """
@@ -224,10 +225,23 @@ def test_learning_rate_policies(tmp_path, text, formula):
     solver = make_solver(tmp_path, f"base_lr: 0.5 {text}")
     for it in range(10):
         solver.iter = it
+        # The rate is a product of powers of float32-rounded gamma / power (relative error u
+        # each, u = eps / 2), raised to it <= 9: at most ~10u = 6e-7 relative, and never near
+        # zero; so rtol alone holds.
         np.testing.assert_allclose(solver.get_learning_rate(), formula(it), rtol=1e-6)
 
 
 # --- update math against numpy -----------------------------------------------------------------
+def update_atol(n_iters: int, scale: float) -> float:
+    """How far a float32 solver's weights and history may be from the float64 numpy reference
+    after ``n_iters`` updates whose quantities (weights, targets, gradients, history, steps) stay
+    below ``scale``: an update rounds each element at most 16 times (Adam's, the longest: 13
+    operations and its float32 constants), each by u * scale (u = eps / 2); errors carried to
+    the next update grow by less than the factor 2 that eps = 2u leaves. The bound is absolute:
+    a weight or history element near zero has no relative accuracy."""
+    return n_iters * 16 * EPS32 * scale
+
+
 def run_quad(solver, w0, targets):
     solver.net.params["p"][0].data[...] = w0
     for t in targets:
@@ -245,13 +259,16 @@ def test_sgd_momentum_l2_decay_multipliers_and_step_policy(tmp_path):
     w0 = rng.normal(size=(1, 3))
     targets = rng.normal(size=(4, 1, 3))
     w, h = w0.copy(), np.zeros_like(w0)
+    scale = np.abs([w0, *targets]).max()
     for it, t in enumerate(targets):
         rate = 0.1 * 0.5 ** (it // 2)
         g = (w - t) + 0.1 * 0.5 * w
         h = 0.9 * h + rate * 2 * g
         w = w - h
-    np.testing.assert_allclose(run_quad(solver, w0, targets), w, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(solver.history[0].data, h, rtol=1e-5, atol=1e-6)
+        scale = max(scale, np.abs([w, g, h]).max())
+    atol = update_atol(len(targets), scale)
+    np.testing.assert_allclose(run_quad(solver, w0, targets), w, rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(solver.history[0].data, h, rtol=1e-5, atol=atol)
 
 
 def test_sgd_l1_regularization(tmp_path):
@@ -260,7 +277,9 @@ def test_sgd_l1_regularization(tmp_path):
     w0 = np.array([[0.5, -0.25, 0.0]])
     t = np.array([[1.0, 1.0, 1.0]])
     expected = w0 - 0.1 * 2 * ((w0 - t) + 0.2 * 0.5 * np.sign(w0))
-    np.testing.assert_allclose(run_quad(solver, w0, [t]), expected, rtol=1e-6)
+    # -0.25 - 0.2 * (-1.35) = 0.02 cancels: the absolute term of one update of quantities <= 1.35.
+    np.testing.assert_allclose(run_quad(solver, w0, [t]), expected, rtol=1e-6,
+                               atol=update_atol(1, 1.35))
 
 
 @pytest.mark.parametrize("kind", ["Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam"])
@@ -275,6 +294,7 @@ def test_update_rules_against_numpy(tmp_path, kind):
     w = w0.copy()
     h1, h2 = np.zeros_like(w), np.zeros_like(w)
     lr = 0.05 * 2
+    scale = np.abs([w0, *targets]).max()
     for it, t in enumerate(targets):
         g = w - t
         if kind == "Nesterov":
@@ -298,10 +318,12 @@ def test_update_rules_against_numpy(tmp_path, kind):
             correction = np.sqrt(1 - 0.99 ** (it + 1)) / (1 - 0.9 ** (it + 1))
             step = lr * correction * h1 / (np.sqrt(h2) + 1e-6)
         w = w - step
-    np.testing.assert_allclose(run_quad(solver, w0, targets), w, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(solver.history[0].data, h1, rtol=1e-5, atol=1e-6)
+        scale = max(scale, np.abs([w, g, h1, h2, step]).max())
+    atol = update_atol(len(targets), scale)
+    np.testing.assert_allclose(run_quad(solver, w0, targets), w, rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(solver.history[0].data, h1, rtol=1e-5, atol=atol)
     if kind in ("AdaDelta", "Adam"):
-        np.testing.assert_allclose(solver.history[1].data, h2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(solver.history[1].data, h2, rtol=1e-5, atol=atol)
 
 
 def test_clip_gradients_uses_the_global_norm(tmp_path, logs):
@@ -314,6 +336,7 @@ def test_clip_gradients_uses_the_global_norm(tmp_path, logs):
     g1, g2 = w1, w2  # targets are zero
     norm = np.sqrt((g1 ** 2).sum() + (g2 ** 2).sum())
     scale = 0.5 / norm
+    # w - w / 6: no cancellation (the zeros stay exact), so relative error ~4u and rtol holds.
     np.testing.assert_allclose(solver.net.params["p1"][0].data, w1 - scale * g1, rtol=1e-6)
     np.testing.assert_allclose(solver.net.params["p2"][0].data, w2 - scale * g2, rtol=1e-6)
     assert any(m.startswith("Gradient clipping: scaling down gradients (L2 norm 3 > 0.5) by "
@@ -329,9 +352,10 @@ def test_iter_size_averages_loss_and_normalizes_diffs(tmp_path):
         feed_mlp(two.net, it)
         one.step(1)
         two.step(1)
-    # the same batch twice: averaged gradient equals the single-pass gradient
+    # the same batch twice: averaged gradient equals the single-pass gradient, to the bit:
+    # the two passes give the same float32 gradient g, and (g + g) / 2 == g exactly.
     for a, b in zip(one.net.learnable_params, two.net.learnable_params):
-        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a.data, b.data)
 
 
 def test_shared_parameters_are_updated_once(tmp_path):
@@ -357,7 +381,13 @@ def test_shared_parameters_are_updated_once(tmp_path):
     solver.step(1)
     residual = (a @ W.T + b @ W.T - t) / 2
     grad = residual.T @ a + residual.T @ b
-    np.testing.assert_allclose(solver.net.params["fa"][0].data, W - 0.1 * grad, rtol=1e-5)
+    # The same expression on absolute values bounds its float32 rounding (tolerance.py); each
+    # element passes through at most 16 roundings (the residual's sums of 3 + 3 + 1 terms, the
+    # gradient's of 4 products, the update).
+    abs_residual = (np.abs(a) @ np.abs(W.T) + np.abs(b) @ np.abs(W.T) + np.abs(t)) / 2
+    abs_sum = np.abs(W) + 0.1 * (abs_residual.T @ np.abs(a) + abs_residual.T @ np.abs(b))
+    np.testing.assert_allclose(solver.net.params["fa"][0].data, W - 0.1 * grad, rtol=1e-5,
+                               atol=sum_order_atol(16, abs_sum))
     np.testing.assert_array_equal(solver.net.params["fb"][0].data, solver.net.params["fa"][0].data)
 
 
@@ -401,8 +431,10 @@ def test_display_lines_and_smoothed_loss(tmp_path, logs):
     solver.add_callback(None, lambda: losses.append(float(solver.net.blobs["loss"].data)))
     feed_mlp(solver.net, 0)
     solver.step(6)
+    # Caffe 1.0's display line: speed since the previous display, display = 2 iterations
     shown = {int(m.group(1)): float(m.group(2)) for m in
-             (re.match(r"Iteration (\d+), loss = (\S+)$", line) for line in logs) if m}
+             (re.match(r"Iteration (\d+) \(\S+ iter/s, \S+s/2 iters\), loss = (\S+)$", line)
+              for line in logs) if m}
     assert sorted(shown) == [0, 2, 4]
     for it, value in shown.items():
         window = losses[max(0, it - 2): it + 1]

@@ -42,6 +42,9 @@ def run_case(name, tmp_path):
 def test_trajectory_matches_caffe(name, tmp_path):
     z, solver, losses = run_case(name, tmp_path)
     assert solver.iter == len(z["losses"])
+    # The golden README's trajectory tolerance (layer_case.GRAD_TOL): every iteration's update
+    # carries the gradients' sum-order differences (derived in layer_case) into the weights, and
+    # the next iterations carry them on, over these cases' 12 iterations.
     np.testing.assert_allclose(losses, z["losses"], rtol=1e-3, atol=1e-4)
     finals = [k for k in z.files if k.startswith("final/")]
     assert finals
@@ -59,6 +62,7 @@ def test_trajectory_matches_caffe_on_gpu(name, tmp_path):
         z, solver, losses = run_case(name, tmp_path)
     finally:
         caffe.set_mode_cpu()
+    # The CPU test's tolerance: cuBLAS sums in yet another order, within the same bound.
     np.testing.assert_allclose(losses, z["losses"], rtol=1e-3, atol=1e-4)
     for key in (k for k in z.files if k.startswith("final/")):
         _, layer, j = key.split("/")

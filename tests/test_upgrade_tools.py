@@ -127,6 +127,7 @@ def test_upgraded_net_computes_what_the_original_does(tmp_path):
     out_upgraded = upgraded.forward(data=data)
     assert list(out_upgraded) == list(out_original) == ["prob"]
     np.testing.assert_array_equal(out_upgraded["prob"], out_original["prob"])
+    # Against C++ Caffe's blobs: the golden forward tolerance (layer_case.FWD_TOL, derived there).
     for name, value in expected.items():
         np.testing.assert_allclose(upgraded.blobs[name].data, value, rtol=1e-4, atol=1e-5,
                                    err_msg=name)

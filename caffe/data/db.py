@@ -8,7 +8,9 @@ order is insertion order.
 
 LMDB uses the ``lmdb`` package; LevelDB needs the optional ``plyvel`` package. A process can
 hold one handle per LMDB environment or LevelDB directory, so handles are shared and reference
-counted: two Data layers (a TRAIN and a TEST net) may read the same source.
+counted: two Data layers (a TRAIN and a TEST net) may read the same source. A handle opened
+outside caffe (``lmdb.open`` in a script) is not shared: close it before building a net on that
+path, or read through ``open_db``, or caffe raises a DataError saying so.
 """
 
 from __future__ import annotations
@@ -237,6 +239,16 @@ class LMDBTransaction(Transaction):
         self._pending.clear()
 
 
+def _already_open_message(path: str, exc: Exception) -> str:
+    """What to do when py-lmdb refuses a second handle on an environment this process holds
+    outside caffepy (its own handles are shared, so the other one is the user's)."""
+    return (f"cannot open lmdb database {path!r}: {exc} py-lmdb allows one handle per "
+            f"environment in a process, and this one was opened outside caffe (e.g. by "
+            f"lmdb.open() in your script). Close that handle first (env.close()) before "
+            f"building the net, or read the database through caffe.data.db.open_db(path), "
+            f"which shares caffe's handle with its Data layers.")
+
+
 class LMDBDatabase(DB):
     backend = LMDB
 
@@ -263,6 +275,8 @@ class LMDBDatabase(DB):
                     return lmdb.open(path, readonly=True, lock=False)
                 return lmdb.open(path, map_size=_LMDB_INITIAL_MAP, max_readers=512)
             except lmdb.Error as exc:
+                if "already open in this process" in str(exc):
+                    raise DataError(_already_open_message(path, exc)) from None
                 raise DataError(f"cannot open lmdb database {path!r}: {exc}") from None
 
         self._env = _LMDB_ENVS.acquire(path, writable, opener)

@@ -7,6 +7,7 @@ import torch
 from caffe.blob import Blob
 from caffe.layer import Layer, register
 from caffe.proto import caffe_pb2
+from caffe.proto.floats import float_field
 
 _aten = torch.ops.aten
 
@@ -71,12 +72,12 @@ class BatchNormLayer(Layer):
 
     def setup(self, bottom, top):
         param = self.layer_param.batch_norm_param
-        self.moving_average_fraction = param.moving_average_fraction
+        self.moving_average_fraction = float_field(param, "moving_average_fraction")
         if param.HasField("use_global_stats"):
             self.use_global_stats = param.use_global_stats
         else:
             self.use_global_stats = self.phase == caffe_pb2.TEST
-        self.eps = param.eps
+        self.eps = float_field(param, "eps")
         self._check_axes(bottom[0])
         self.channels = bottom[0].shape[1]
         if self.blobs:

@@ -12,6 +12,12 @@ In TRAIN with several solvers, each solver keeps every ``solver_count``-th recor
 its rank, as Caffe 1.0 shards. ``rand_skip`` skips a random number (< rand_skip) of records at
 setup. A background thread prefetches batches; a record that is not a Datum, or whose pixels
 cannot be decoded or transformed, raises DataError from forward naming the database and key.
+
+Nets in one process share one handle per LMDB, so a TRAIN and a TEST net may read the same
+source. py-lmdb refuses a second handle on an environment the process already holds, so a
+script that inspects the LMDB with its own ``lmdb.open(source)`` must ``env.close()`` it before
+building the net (or read it through ``caffe.data.db.open_db(source)``, which shares caffe's
+handle); otherwise setup raises a DataError saying this.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import torch
 
 from caffe.blob import Blob
 from caffe.layer import Layer, register
+from caffe.proto.floats import float_field
 
 
 @register("MVN")
@@ -28,7 +29,7 @@ class MVNLayer(Layer):
         param = self.layer_param.mvn_param
         self.normalize_variance = param.normalize_variance
         self.across_channels = param.across_channels
-        self.eps = param.eps
+        self.eps = float_field(param, "eps")
         self.std = Blob(dtype=self.dtype)  # std + eps per group, kept for backward
         self.temp = Blob(dtype=self.dtype)
 

@@ -2,7 +2,9 @@
 
 The class must derive from ``caffe.Layer`` and implement ``setup``, ``reshape``, ``forward`` and
 ``backward`` over numpy views (``bottom[0].data``, ``top[0].diff``...), as in pycaffe. An
-exception raised inside it surfaces as a CaffeError naming the layer, module and method.
+exception raised inside it reaches the caller as the same object and type (pycaffe's
+behaviour, which ``except`` clauses rely on), with a PEP 678 note naming the layer, its
+module.class and the method; the net adds the prototxt line and the bottom shapes.
 """
 
 from __future__ import annotations
@@ -10,15 +12,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-from caffe.errors import CaffeError, LayerError
+from caffe.errors import CaffeError, LayerError, add_note
 from caffe.layer import Layer, register
 
 
 class PythonLayer(Layer):
     """Base class of user layers (exported as ``caffe.Layer``).
 
-    ``self.param_str``, ``self.phase`` and ``self.blobs`` are set before ``setup`` runs;
-    ``self.add_blob(*shape)`` appends a parameter blob.
+    ``self.param_str``, ``self.phase`` and ``self.blobs`` (a BlobVec) are set before ``setup``
+    runs; ``self.blobs.add_blob(*shape)`` appends a learnable parameter blob.
     """
 
     type_name = "Python"
@@ -30,21 +32,21 @@ class PythonLayer(Layer):
         self.param_str = param.python_param.param_str
 
     def add_blob(self, *shape) -> None:
-        """Append a learnable blob of ``shape`` (pycaffe's Layer.blobs.add_blob)."""
-        from caffe.blob import Blob
-
-        self.blobs.append(Blob([int(s) for s in shape], dtype=self.dtype))
-        self.param_propagate_down.append(True)
+        """Append a learnable blob of ``shape``: a shorthand for pycaffe's
+        ``self.blobs.add_blob(*shape)`` (``self.blobs`` is a BlobVec)."""
+        self.blobs.add_blob(*shape)
 
     def _call(self, method: str, *args):
+        """Run the user's ``method``; what it raises keeps its type, with a note added."""
         try:
             return getattr(self, method)(*args)
         except CaffeError:
             raise
         except Exception as exc:
             py = self.layer_param.python_param
-            raise LayerError(f"Python layer {self.name!r} ({py.module}.{py.layer}) raised in "
-                             f"{method}(): {type(exc).__name__}: {exc}") from exc
+            add_note(exc, f"Python layer {self.name!r} ({py.module}.{py.layer}) raised in "
+                          f"{method}()")
+            raise
 
     def SetUp(self, bottom, top) -> None:  # noqa: N802
         self.check_blob_counts(bottom, top)

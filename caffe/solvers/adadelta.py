@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from caffe.proto.floats import float_field
 from caffe.solver import register_solver
 from caffe.solvers.sgd import SGDSolver, update_mean_square
 
@@ -26,7 +27,7 @@ class AdaDeltaSolver(SGDSolver):
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
         momentum = self.param.momentum
-        delta = self.param.delta
+        delta = float_field(self.param, "delta")
         n = len(self.net.learnable_params)
         g = self.net.learnable_params[param_id].mutable_device_diff()
         grad_sq = self.history[param_id].mutable_device_data()

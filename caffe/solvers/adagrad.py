@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from caffe.proto.floats import float_field
 from caffe.solver import register_solver
 from caffe.solvers.sgd import SGDSolver, rms_scaled_update
 
@@ -28,4 +29,5 @@ class AdaGradSolver(SGDSolver):
         u = self.update[param_id].mutable_device_data()
         torch.square(g, out=u)
         h.add_(u)
-        rms_scaled_update(g, h, u, self.param.delta, self.local_rate(param_id, rate), out=g)
+        rms_scaled_update(g, h, u, float_field(self.param, "delta"),
+                          self.local_rate(param_id, rate), out=g)

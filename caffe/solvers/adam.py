@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from caffe.proto.floats import float_field
 from caffe.solver import register_solver
 from caffe.solvers.sgd import SGDSolver, rms_scaled_update, update_mean_square
 
@@ -24,7 +25,7 @@ class AdamSolver(SGDSolver):
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
         beta1 = self.param.momentum
-        beta2 = self.param.momentum2
+        beta2 = float_field(self.param, "momentum2")
         n = len(self.net.learnable_params)
         t = self.iter + 1
         correction = math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
@@ -34,5 +35,5 @@ class AdamSolver(SGDSolver):
         tmp = self.temp[param_id].mutable_device_data()
         m.mul_(beta1).add_(g, alpha=1.0 - beta1)
         update_mean_square(v, g, tmp, beta2)
-        rms_scaled_update(m, v, tmp, self.param.delta,
+        rms_scaled_update(m, v, tmp, float_field(self.param, "delta"),
                           self.local_rate(param_id, rate) * correction, out=g)

@@ -10,6 +10,7 @@ blob of W:
 from __future__ import annotations
 
 from caffe.errors import SolverError
+from caffe.proto.floats import float_field
 from caffe.solver import register_solver
 from caffe.solvers.sgd import SGDSolver, rms_scaled_update, update_mean_square
 
@@ -21,7 +22,7 @@ class RMSPropSolver(SGDSolver):
     def check_parameters(self) -> None:
         super().check_parameters()
         self.check_no_momentum()
-        rms_decay = self.param.rms_decay
+        rms_decay = float_field(self.param, "rms_decay")
         if not 0 <= rms_decay < 1:
             raise SolverError(f"rms_decay should lie between 0 and 1, got {rms_decay:g}")
 
@@ -29,5 +30,6 @@ class RMSPropSolver(SGDSolver):
         g = self.net.learnable_params[param_id].mutable_device_diff()
         h = self.history[param_id].mutable_device_data()
         u = self.update[param_id].mutable_device_data()
-        update_mean_square(h, g, u, self.param.rms_decay)
-        rms_scaled_update(g, h, u, self.param.delta, self.local_rate(param_id, rate), out=g)
+        update_mean_square(h, g, u, float_field(self.param, "rms_decay"))
+        rms_scaled_update(g, h, u, float_field(self.param, "delta"),
+                          self.local_rate(param_id, rate), out=g)

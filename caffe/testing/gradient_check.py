@@ -19,7 +19,15 @@ from caffe.layer import Layer
 
 
 class GradientCheckError(CaffeError, AssertionError):
-    """Analytic and numerical gradients disagree beyond the threshold."""
+    """Analytic and numerical gradients disagree beyond the threshold.
+
+    ``failures`` lists ``(blob_id, element, value, analytic, numeric)`` for every element that
+    failed; blob ids count the layer's parameter blobs first, then the checked bottoms.
+    """
+
+    def __init__(self, message: str, failures: Sequence[tuple] = ()) -> None:
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 class GradientChecker:
@@ -116,7 +124,7 @@ class GradientChecker:
             raise GradientCheckError(
                 f"{layer.type} layer {layer.name!r}: {len(failures)} gradient(s) differ "
                 f"(top_id={top_id}, top_data_id={top_data_id}, threshold {self.threshold}):\n"
-                + "\n".join(lines))
+                + "\n".join(lines), failures)
 
     def _estimate(self, layer, bottom, top, blob: Blob, feat: int, top_id: int,
                   top_data_id: int) -> float:

@@ -1,18 +1,25 @@
-"""The ``caffe`` command: ``caffe <command> [flags]``.
+"""The ``caffe`` command: ``caffe <command> [flags]`` (also ``python -m caffe``).
 
 Each module in ``caffe.tools`` that defines ``COMMAND`` (its name) and ``main(argv)`` is a
-command; the module docstring's first line is its summary.
+command; the module docstring's first line is its summary. As Caffe's tools, every command
+logs in glog's format to stderr and, given ``-log_dir`` / ``GLOG_log_dir``, to glog's log files
+(see :mod:`caffe.log`). ``caffe --version`` prints the version; ``caffe <command> -help`` the
+command's flags, on stdout. A failure is one ``caffe <command>: error: ...`` line on stderr
+(and in the log files), exit status 1; an unknown command or flag names the closest known one.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import pkgutil
 import sys
 
 import caffe.tools
+from caffe import log as glog
 from caffe.errors import CaffeError
+from caffe.tools.flags import HelpShown, split_glog_flags
 
 
 def commands() -> dict[str, object]:
@@ -33,36 +40,68 @@ def usage(table: dict[str, object]) -> str:
     for name in sorted(table):
         doc = (table[name].__doc__ or "").strip().splitlines()
         lines.append(f"  {name:<24} {doc[0] if doc else ''}")
+    lines += ["", "caffe <command> -help lists a command's flags; caffe --version prints the "
+              "version."]
     return "\n".join(lines)
 
 
-def setup_logging() -> None:
-    """glog-like lines on stderr: I1122 00:19:10.123456 12345 file.py:12] message."""
-    from caffe.log import install_glog_handler
+def setup_logging(program: str, argv: list[str]) -> list[str]:
+    """Initialize glog for ``program`` from ``GLOG_*`` and the glog flags in ``argv``, with
+    ``alsologtostderr`` on (Caffe's tools set it before parsing flags); return the other
+    arguments."""
+    flags = glog.GlogFlags.from_env()
+    flags.alsologtostderr = True
+    rest = split_glog_flags(argv, flags)
+    glog.configure(program, flags)
+    return rest
 
-    install_glog_handler()
+
+def report_error(prog: str, exc: BaseException) -> None:
+    """One line on stderr; the log files (if any) get it too, as an ERROR record."""
+    message = str(exc)
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    logger = logging.getLogger("caffe")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logger.handlers:
+        if isinstance(handler, glog.GlogFileHandler):
+            handler.handle(record)
 
 
-def run(name: str, argv: list[str]) -> int:
-    """Run one tool by name with ``argv``; CaffeErrors become a one-line message and exit 1."""
-    setup_logging()
-    table = commands()
-    if name not in table:
-        print(usage(table), file=sys.stderr)
-        return 1
+def run(name: str, argv: list[str], prog: str | None = None) -> int:
+    """Run one tool by name with ``argv``; CaffeErrors become a one-line message and exit 1.
+    ``prog`` names the program in messages and log file names (default ``caffe <name>``)."""
+    prog = prog or f"caffe {name}"
     try:
-        return int(table[name].main(argv) or 0)
+        argv = setup_logging(prog.split()[0], argv)
     except CaffeError as exc:
-        logging.getLogger("caffe").error("%s", exc)
-        print(f"caffe {name}: error: {exc}", file=sys.stderr)
+        report_error(prog, exc)
         return 1
+    table = commands()
+    try:
+        if name not in table:
+            close = difflib.get_close_matches(name, table, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            print(f"caffe: Unknown action: {name}{hint}\n", file=sys.stderr)
+            print(usage(table), file=sys.stderr)
+            return 1
+        return int(table[name].main(argv) or 0)
+    except HelpShown:
+        return 0
+    except CaffeError as exc:
+        report_error(prog, exc)
+        return 1
+    finally:
+        glog.close_files()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv or argv[0] in ("-h", "-help", "--help", "help"):
         print(usage(commands()))
         return 0 if argv else 1
+    if argv[0] in ("-version", "--version"):
+        print(f"caffe version {caffe.__version__}")
+        return 0
     return run(argv[0], argv[1:])
 
 
@@ -70,7 +109,7 @@ def tool_entry(name: str):
     """A console-script entry point for a standalone tool name (e.g. ``convert_imageset``)."""
 
     def entry() -> int:
-        return run(name, sys.argv[1:])
+        return run(name, sys.argv[1:], prog=name)
 
     return entry
 

@@ -37,6 +37,9 @@ USAGE = ("This program takes in a trained network and an input data layer, and t
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] in (["-help"], ["--help"], ["-h"]):
+        print(USAGE)
+        return 0
     if len(argv) < 6:
         logger.error("%s", USAGE)
         return 1

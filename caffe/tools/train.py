@@ -47,9 +47,30 @@ log = logging.getLogger("caffe")
 
 
 # --- shared by the brew commands --------------------------------------------------------------
+# Each brew command's summary, usage and the flags it reads (its ``-help`` shows these).
+BREW_COMMANDS = {
+    "train": ("train or finetune a model",
+              "caffe train -solver solver.prototxt [-weights w.caffemodel[,w2.caffemodel] | "
+              "-snapshot s.solverstate] [flags]",
+              ("solver", "snapshot", "weights", "gpu", "cpu_workers", "level", "stage",
+               "sigint_effect", "sighup_effect")),
+    "test": ("score a model",
+             "caffe test -model net.prototxt -weights w.caffemodel [-iterations N] [flags]",
+             ("model", "weights", "gpu", "iterations", "phase", "level", "stage")),
+    "time": ("benchmark model execution time",
+             "caffe time -model net.prototxt [-iterations N] [flags]",
+             ("model", "gpu", "iterations", "phase", "level", "stage")),
+    "device_query": ("show GPU diagnostic information", "caffe device_query -gpu ID[,ID...]",
+                     ("gpu",)),
+}
+
+
 def brew_flags(command: str) -> FlagSet:
-    """The flags of Caffe's ``caffe`` tool (each command reads the ones it needs)."""
-    flags = FlagSet(f"caffe {command}", "caffe <command> <args>")
+    """The flags of Caffe's ``caffe`` tool. All are accepted by every command, as in Caffe (one
+    gflags namespace); those ``command`` does not read are left out of its help and warned
+    about when given."""
+    summary, usage, own = BREW_COMMANDS[command]
+    flags = FlagSet(f"caffe {command}", f"{summary}\nusage: {usage}")
     flags.define("gpu", "", "Optional; run in GPU mode on given device IDs separated by ','. "
                             "Use '-gpu all' to run on all available GPUs. With several "
                             "devices, the effective training batch size is the solver's "
@@ -76,14 +97,15 @@ def brew_flags(command: str) -> FlagSet:
                                        "iteration (gloo), as -gpu 0,1,... does on GPUs. The "
                                        "effective batch size is multiplied by N. Cannot be "
                                        "combined with -gpu.")
+    for name, flag in flags.flags.items():
+        flag.own = name in own
     return flags
 
 
 def parse_flags(command: str, argv: list[str]) -> dict[str, object]:
     values, positional = brew_flags(command).parse(argv)
     if positional:
-        raise CaffeError(f"caffe {command}: unexpected arguments {positional}; flags are given "
-                         f"as -name value")
+        raise CaffeError(f"unexpected arguments {positional}; flags are given as -name value")
     return values
 
 
@@ -204,8 +226,10 @@ class SignalHandler:
 
 # --- progress on a terminal -------------------------------------------------------------------
 class TerminalProgress:
-    """A solver callback that keeps ``[iter/max_iter pct] elapsed, ETA`` on the terminal's last
-    line; it is wiped before each log line (see :meth:`stream`) and redrawn each iteration."""
+    """A solver callback that keeps ``[iter/max_iter pct] elapsed, ETA, iter/s`` on the
+    terminal's last line; it is wiped before each log line (see :meth:`stream`) and redrawn each
+    iteration. Only stderr gets it, and only when stderr is a terminal (:func:`attach_progress`):
+    pipes and glog's log files never see it."""
 
     def __init__(self, solver: Solver, out) -> None:
         self.solver = solver
@@ -226,9 +250,10 @@ class TerminalProgress:
             return
         elapsed = time.monotonic() - self.start_time
         eta = elapsed / done * (total - done)
+        rate = done / elapsed if elapsed > 0 else 0.0
         self.out.write(f"\r[{self.solver.iter + 1}/{self.solver.param.max_iter} "
                        f"{100.0 * (self.solver.iter + 1) / self.solver.param.max_iter:.0f}%] "
-                       f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}\x1b[K")
+                       f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}, {rate:.3g} iter/s\x1b[K")
         self.out.flush()
         self.shown = True
 

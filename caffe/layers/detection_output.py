@@ -1,0 +1,144 @@
+"""DetectionOutput (SSD fork): decode boxes, per-class NMS, keep the best detections."""
+
+from __future__ import annotations
+
+import torch
+
+from caffe import bbox_util
+from caffe.layer import Layer, register
+from caffe.proto.floats import float_field
+
+FLT_MAX = 3.4028234663852886e38
+
+
+def detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, variances: torch.Tensor,
+           *, num_classes: int, share_location: bool, background_label_id: int, code_type: int,
+           variance_encoded_in_target: bool, confidence_threshold: float, nms_threshold: float,
+           top_k: int, eta: float, keep_top_k: int) -> torch.Tensor:
+    """Detections (K, 7) rows [image, label, score, xmin, ymin, xmax, ymax] from location
+    predictions ``loc`` (N, P, L, 4), class scores ``conf`` (N, P, C) and priors / variances
+    (P, 4); rows grouped by image, then label ascending, then score descending. K = 0 when
+    nothing is found (the layer then writes its placeholder rows)."""
+    boxes = bbox_util.decode(loc, priors[None, :, None, :], variances[None, :, None, :],
+                             code_type, variance_encoded_in_target)
+    classes = [c for c in range(num_classes) if c != background_label_id]
+    rows = []
+    for i in range(loc.shape[0] if classes else 0):
+        class_scores = conf[i, :, classes].t()  # (classes, P)
+        if eta >= 1:
+            # Every class's NMS at once: boxes shared, or one location set per class.
+            class_boxes = (boxes[i, :, 0] if share_location
+                           else boxes[i, :, classes].transpose(0, 1))
+            keeps = bbox_util.batched_nms(class_boxes, class_scores, nms_threshold, top_k,
+                                          score_threshold=confidence_threshold)
+        else:
+            keeps = [bbox_util.nms(boxes[i, :, 0 if share_location else c], class_scores[k],
+                                   nms_threshold, top_k, eta, score_threshold=confidence_threshold)
+                     for k, c in enumerate(classes)]
+        index = torch.cat(keeps)
+        if index.numel() == 0:
+            continue
+        labels = torch.cat([torch.full_like(k, c) for c, k in zip(classes, keeps)])
+        scores = conf[i, index, labels]
+        if -1 < keep_top_k < index.numel():
+            # The best keep_top_k over all classes, then back to (label, score) order; a
+            # stable sort keeps equal scores in (label, NMS) order.
+            best = torch.sort(scores, descending=True, stable=True).indices[:keep_top_k]
+            regroup = torch.sort(labels[best], stable=True).indices
+            best = best[regroup]
+            labels, index, scores = labels[best], index[best], scores[best]
+        loc_slot = torch.zeros_like(labels) if share_location else labels
+        image = torch.full_like(scores, i)
+        rows.append(torch.cat([image[:, None], labels[:, None].to(scores.dtype),
+                               scores[:, None], boxes[i, index, loc_slot]], dim=1))
+    if not rows:
+        return conf.new_empty((0, 7))
+    return torch.cat(rows)
+
+
+@register("DetectionOutput")
+class DetectionOutputLayer(Layer):
+    """Caffe type ``DetectionOutput`` of the SSD fork (weiliu89/caffe ``ssd``); reads
+    ``detection_output_param`` (``num_classes`` required, ``share_location`` default true,
+    ``background_label_id`` default 0 (-1: none), ``code_type`` default CORNER,
+    ``variance_encoded_in_target``, ``confidence_threshold`` (unset: every score),
+    ``nms_param { nms_threshold (0.3) top_k eta (1) }``, ``keep_top_k`` default -1 = all).
+    Saving results to files (``save_output_param``) and visualisation are not supported.
+
+    Bottoms: loc (N, P*L*4) with L = 1 (share_location) or C, conf (N, P*C) probabilities,
+    priors (1, 2, P*4) from PriorBox. Top (1, 1, K, 7): rows [image, label, score, xmin, ymin,
+    xmax, ymax]. Boxes are decoded from the priors (not clipped); per image and class other
+    than the background, boxes with score > confidence_threshold go through NMS (pre-NMS top_k,
+    nms_threshold, adaptive eta); when an image keeps more than keep_top_k, the keep_top_k best
+    scores over its classes remain. Rows come by image, label ascending, score descending.
+    With no detection at all the top is (1, 1, N, 7), row i = [i, -1, -1, -1, -1, -1, -1].
+    Forward only.
+    """
+
+    exact_num_bottom = 3
+    exact_num_top = 1
+
+    def setup(self, bottom, top):
+        p = self.layer_param.detection_output_param
+        self.check(p.HasField("num_classes"), "Must specify num_classes")
+        self.num_classes = int(p.num_classes)
+        self.share_location = p.share_location
+        self.num_loc_classes = 1 if self.share_location else self.num_classes
+        self.background_label_id = int(p.background_label_id)
+        self.check(not (self.share_location and self.background_label_id == -1),
+                   "background_label_id -1 needs share_location false: the shared location "
+                   "predictions carry label -1, which the SSD fork then skips as the "
+                   "background (its Forward aborts with 'Could not find location predictions "
+                   "for label -1')")
+        self.code_type = int(p.code_type)
+        self.variance_encoded_in_target = p.variance_encoded_in_target
+        self.keep_top_k = int(p.keep_top_k)
+        self.confidence_threshold = (float(p.confidence_threshold)
+                                     if p.HasField("confidence_threshold") else -FLT_MAX)
+        nms = p.nms_param
+        self.nms_threshold = float_field(nms, "nms_threshold")
+        self.check(self.nms_threshold >= 0, f"nms_threshold must be non negative "
+                   f"(got {self.nms_threshold}).")
+        self.eta = float(nms.eta)
+        self.check(0 < self.eta <= 1, f"nms_param.eta must be in (0, 1] (got {self.eta}).")
+        self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
+        self.check(not p.save_output_param.output_directory,
+                   "save_output_param (writing detections to files) is not supported")
+
+    def reshape(self, bottom, top):
+        loc, conf, prior = bottom
+        self.check(loc.shape[0] == conf.shape[0], f"loc and conf need the same number of "
+                   f"images (shapes {list(loc.shape)} and {list(conf.shape)})")
+        self.check(prior.num_axes in (3, 4) and prior.shape[1] == 2,
+                   f"prior bottom must be (1, 2, P*4) as PriorBox writes it (shape "
+                   f"{list(prior.shape)})")
+        self.num_priors = prior.height // 4
+        self.check(loc.count_range(1) == self.num_priors * self.num_loc_classes * 4,
+                   f"Number of priors must match number of location predictions (loc shape "
+                   f"{list(loc.shape)}, {self.num_priors} priors, {self.num_loc_classes} "
+                   f"location class(es))")
+        self.check(conf.count_range(1) == self.num_priors * self.num_classes,
+                   f"Number of priors must match number of confidence predictions (conf shape "
+                   f"{list(conf.shape)}, {self.num_priors} priors, {self.num_classes} classes)")
+        top[0].reshape([1, 1, 1, 7])
+
+    def forward(self, bottom, top):
+        num = bottom[0].shape[0]
+        loc = bottom[0].device_data().reshape(num, self.num_priors, self.num_loc_classes, 4)
+        conf = bottom[1].device_data().reshape(num, self.num_priors, self.num_classes)
+        prior = bottom[2].device_data().reshape(2, self.num_priors, 4)
+        rows = detect(loc, conf, prior[0], prior[1], num_classes=self.num_classes,
+                      share_location=self.share_location,
+                      background_label_id=self.background_label_id, code_type=self.code_type,
+                      variance_encoded_in_target=self.variance_encoded_in_target,
+                      confidence_threshold=self.confidence_threshold,
+                      nms_threshold=self.nms_threshold, top_k=self.top_k, eta=self.eta,
+                      keep_top_k=self.keep_top_k)
+        if rows.shape[0] == 0:
+            top[0].reshape([1, 1, num, 7])
+            out = top[0].mutable_device_data()
+            out.fill_(-1)
+            out[0, 0, :, 0] = torch.arange(num, dtype=out.dtype, device=out.device)
+            return
+        top[0].reshape([1, 1, rows.shape[0], 7])
+        top[0].mutable_device_data().copy_(rows.view(1, 1, -1, 7))
