@@ -25,7 +25,7 @@ from caffe.log import init_log
 from caffe.net import Net
 from caffe.net_spec import NetSpec, layers, params, to_proto
 from caffe.parallel import NCCL, train_parallel
-from caffe.proto.caffe_pb2 import TEST, TRAIN
+from caffe.phase import TEST, TRAIN, Phase
 from caffe.solver import get_solver
 from caffe.solvers import (
     AdaDeltaSolver,
@@ -44,7 +44,7 @@ __all__ = [
     "SGDSolver", "get_solver", "NCCL", "train_parallel",
     "Blob", "CaffeError", "Classifier", "Detector", "Layer", "Net", "NetSpec", "Timer", "io",
     "init_log", "log",
-    "layers", "params", "to_proto", "TEST", "TRAIN", "has_nccl", "layer_type_list",
+    "layers", "params", "to_proto", "Phase", "TEST", "TRAIN", "has_nccl", "layer_type_list",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank",
 ]

@@ -125,10 +125,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int 
         candidates = torch.arange(scores.numel(), device=scores.device)
     else:
         candidates = torch.nonzero(scores > score_threshold).reshape(-1)
-    order = torch.sort(scores[candidates], descending=True, stable=True).indices
-    if top_k > -1:
-        order = order[:top_k]
-    candidates = candidates[order]
+    width = candidates.numel() if top_k < 0 else min(top_k, candidates.numel())
+    candidates = candidates[stable_top_k(scores[candidates][None], width)[0]]
     if min_area is not None:
         candidates = candidates[box_area(boxes[candidates]) >= min_area]
     count = candidates.numel()
@@ -138,7 +136,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int 
         keep = _greedy_rows(boxes[candidates], threshold, eta)
     else:
         picked = boxes[candidates]
-        keep = _greedy_fixed_point(iou(picked, picked) > float(np.float32(threshold)))
+        keep = nms_keep(picked[None], torch.ones_like(candidates, dtype=torch.bool)[None],
+                        threshold)[0]
     return candidates[keep]
 
 
@@ -152,21 +151,91 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, top
     shared = boxes.dim() == 2
     live = scores if score_threshold is None else torch.where(
         scores > score_threshold, scores, torch.full_like(scores, -float("inf")))
-    order = torch.sort(live, dim=1, descending=True, stable=True).indices
     width = num if top_k < 0 else min(top_k, num)
     if score_threshold is not None:
         width = min(width, int((scores > score_threshold).sum(dim=1).max()))
-    if width == 0 or count * width * width > max_elements:
-        return [nms(boxes if shared else boxes[b], scores[b], threshold, top_k,
-                    score_threshold=score_threshold, max_elements=max_elements)
-                for b in range(count)]
-    order = order[:, :width]
+    if width == 0:
+        return [scores.new_empty(0, dtype=torch.int64) for _ in range(count)]
+    order = stable_top_k(live, width)
     valid = live.gather(1, order) > -float("inf")
     picked = boxes[order] if shared else boxes.gather(1, order[..., None].expand(-1, -1, 4))
-    suppresses = iou(picked, picked) > float(np.float32(threshold))
-    suppresses &= valid[:, :, None]
-    keep = _greedy_fixed_point(suppresses) & valid
+    keep = nms_keep(picked, valid, threshold, min(max_elements, 1 << 20))
     return [order[b][keep[b]] for b in range(count)]
+
+
+def stable_top_k(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest entries of each row of ``values`` (B, P), largest first,
+    equal values in index order: ``torch.sort(values, 1, descending=True, stable=True)``'s
+    first ``k`` columns, without sorting whole rows. ``topk`` finds each row's k-th value; the
+    entries above it and the first ones equal to it (by index) are the chosen k, and only they
+    are sorted."""
+    rows, num = values.shape
+    if k >= num // 4 or bool(torch.isnan(values).any()):
+        return torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    if k == 0:
+        return values.new_empty((rows, 0), dtype=torch.int64)
+    kth = torch.topk(values, k, dim=1, sorted=False).values.amin(1, keepdim=True)
+    chosen = values >= kth
+    if int(chosen.sum(1).max()) > k:  # ties at the k-th value: the first ones by index
+        tied = values == kth
+        need = k - (values > kth).sum(1, keepdim=True)
+        chosen = (values > kth) | (tied & (tied.cumsum(1) <= need))
+    index = torch.nonzero(chosen)[:, 1].view(rows, k)
+    order = torch.sort(values.gather(1, index), dim=1, descending=True, stable=True).indices
+    return index.gather(1, order)
+
+
+def nms_keep(picked: torch.Tensor, valid: torch.Tensor, threshold: float,
+             max_elements: int = 1 << 20) -> torch.Tensor:
+    """Greedy NMS (fixed threshold) of B sets of K boxes ``picked`` (B, K, 4) already in score
+    order, ``valid`` (B, K) marking real candidates (padding neither suppresses nor is kept):
+    the (B, K) mask of the kept boxes. A box is suppressed by an earlier kept one whose ``iou``
+    with it exceeds ``threshold`` (as float32). Sets go a chunk of about ``max_elements``
+    overlaps at a time, so memory stays bounded and the temporaries near the caches."""
+    sets, k = valid.shape
+    keep = torch.zeros_like(valid)
+    step = min(max(max_elements // max(k * k, 1), 1), sets)
+    # Workspace reused by every chunk: fresh large tensors cost page faults on each call.
+    work = picked.new_empty((3, step, k, k))
+    for lo in range(0, sets, step):
+        part = slice(lo, lo + step)
+        chunk = picked[part]
+        earlier = _suppression(chunk, float(np.float32(threshold)), work[:, :chunk.shape[0]])
+        earlier.mul_(valid[part, :, None]).triu_(diagonal=1)
+        keep[part] = _greedy_fixed_point_float(earlier) & valid[part]
+    return keep
+
+
+def _suppression(boxes: torch.Tensor, threshold: float, work: torch.Tensor) -> torch.Tensor:
+    """float (B, K, K): 1 where ``iou(boxes, boxes) > threshold``, else 0, written in ``work``
+    (3, B, K, K). For threshold >= 0 the intersection's sides are clamped at 0 instead of
+    masked: a disjoint pair's ratio is then 0 (or 0/0) and fails the test as iou's 0 does;
+    other pairs take iou's exact operations."""
+    if threshold < 0:
+        return torch.gt(iou(boxes, boxes), threshold, out=work[0])
+    a = boxes.transpose(-1, -2).contiguous()
+    lo, hi = a[:, :, :, None], a[:, :, None, :]
+    inter, inter_h, other = work.unbind(0)
+    torch.minimum(lo[:, 2], hi[:, 2], out=inter).sub_(torch.maximum(lo[:, 0], hi[:, 0],
+                                                                    out=other))
+    torch.minimum(lo[:, 3], hi[:, 3], out=inter_h).sub_(torch.maximum(lo[:, 1], hi[:, 1],
+                                                                      out=other))
+    inter.clamp_min_(0).mul_(inter_h.clamp_min_(0))
+    area = box_area(boxes)
+    union = torch.add(area[:, :, None], area[:, None, :], out=inter_h).sub_(inter)
+    return torch.gt(inter.div_(union), threshold, out=other)
+
+
+def _greedy_fixed_point_float(earlier: torch.Tensor) -> torch.Tensor:
+    """``_greedy_fixed_point`` on ``earlier`` (..., K, K) already strictly upper triangular
+    and as floats (1: row suppresses column)."""
+    keep = torch.ones(earlier.shape[:-1], dtype=torch.bool, device=earlier.device)
+    while True:
+        suppressors = torch.matmul(keep.to(earlier.dtype)[..., None, :], earlier)[..., 0, :]
+        again = suppressors == 0
+        if torch.equal(again, keep):
+            return keep
+        keep = again
 
 
 def _greedy_fixed_point(suppresses: torch.Tensor) -> torch.Tensor:

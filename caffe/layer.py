@@ -9,6 +9,7 @@ import torch
 
 from caffe.blob import Blob, BlobVec
 from caffe.errors import CaffeError, LayerError
+from caffe.phase import Phase
 
 _REGISTRY: dict[str, type[Layer]] = {}
 
@@ -73,7 +74,8 @@ class Layer:
 
     def __init__(self, param, dtype: torch.dtype = torch.float32) -> None:
         self.layer_param = param
-        self.phase = param.phase
+        # An int that prints as its name: pycaffe's int and the Faster R-CNN fork's enum.
+        self.phase = Phase(param.phase)
         self.dtype = dtype
         self.blobs = BlobVec(dtype=dtype)
         for proto in param.blobs:

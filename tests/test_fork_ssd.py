@@ -568,3 +568,14 @@ def test_multibox_loss_refuses_gradient_to_priors():
 def test_permute_bad_order(order, message):
     with pytest.raises(LayerError, match=message):
         build_layer(f"type: 'Permute' permute_param {{ {order} }}", [np.zeros((1, 2, 3, 4))])
+
+
+# --- stable_top_k: the pre-NMS cut keeps the fork's tie order ---------------------------------
+@pytest.mark.parametrize("k", [1, 3, 7, 40, 64])
+def test_stable_top_k_equals_the_stable_full_sort(k):
+    """Many ties (scores drawn from 5 values) on both the partial path (k < P/4) and the full
+    sort path: the indices must equal the first k of a stable descending sort, exactly."""
+    gen = torch.Generator().manual_seed(k)
+    values = torch.randint(0, 5, (6, 64), generator=gen).float() / 4
+    expected = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :k]
+    assert torch.equal(bbox_util.stable_top_k(values, k), expected)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from caffe import bbox_util
@@ -10,31 +12,76 @@ from caffe.proto.floats import float_field
 
 FLT_MAX = 3.4028234663852886e38
 
+log = logging.getLogger("caffe")
+
 
 def detect(loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor, variances: torch.Tensor,
            *, num_classes: int, share_location: bool, background_label_id: int, code_type: int,
            variance_encoded_in_target: bool, confidence_threshold: float, nms_threshold: float,
-           top_k: int, eta: float, keep_top_k: int) -> torch.Tensor:
+           top_k: int, eta: float, keep_top_k: int, clip: bool = False) -> torch.Tensor:
     """Detections (K, 7) rows [image, label, score, xmin, ymin, xmax, ymax] from location
     predictions ``loc`` (N, P, L, 4), class scores ``conf`` (N, P, C) and priors / variances
     (P, 4); rows grouped by image, then label ascending, then score descending. K = 0 when
-    nothing is found (the layer then writes its placeholder rows)."""
+    nothing is found (the layer then writes its placeholder rows). ``clip`` (OpenCV's field)
+    clamps the decoded boxes to [0, 1] before NMS."""
     boxes = bbox_util.decode(loc, priors[None, :, None, :], variances[None, :, None, :],
                              code_type, variance_encoded_in_target)
+    if clip:
+        boxes = boxes.clamp(0, 1)
     classes = [c for c in range(num_classes) if c != background_label_id]
+    if not classes or loc.shape[0] == 0:
+        return conf.new_empty((0, 7))
+    if eta < 1:
+        return _detect_adaptive(boxes, conf, classes, share_location=share_location,
+                                confidence_threshold=confidence_threshold,
+                                nms_threshold=nms_threshold, top_k=top_k, eta=eta,
+                                keep_top_k=keep_top_k)
+    num, num_priors = conf.shape[:2]
+    label = torch.tensor(classes, device=conf.device)
+    # One NMS set per (image, class), image-major: rows of candidates in score order.
+    scores = conf.transpose(1, 2).contiguous()[:, label].reshape(-1, num_priors)
+    live = torch.where(scores > confidence_threshold, scores,
+                       torch.full_like(scores, -float("inf")))
+    width = min(num_priors if top_k < 0 else top_k, num_priors,
+                int((scores > confidence_threshold).sum(dim=1).max()))
+    if width == 0:
+        return conf.new_empty((0, 7))
+    order = bbox_util.stable_top_k(live, width)
+    valid = live.gather(1, order) > -float("inf")
+    image = torch.arange(num, device=conf.device).repeat_interleave(len(classes))
+    slot = torch.zeros_like(label) if share_location else label
+    loc_slot = slot.repeat(num)
+    picked = boxes[image[:, None], order, loc_slot[:, None]]
+    keep = bbox_util.nms_keep(picked, valid, nms_threshold)
+    # The kept boxes by image, label ascending, NMS (score) order.
+    sets, rank = torch.nonzero(keep, as_tuple=True)
+    kept_scores = live[sets, order[sets, rank]]
+    if keep_top_k > -1:
+        # Per image, the keep_top_k best scores (ties in (label, NMS) order): rank each kept
+        # box within its image by a stable sort on score, then on image. Within a label the
+        # NMS order is already by score, so the chosen ones stay in (label, NMS) order.
+        by_score = torch.sort(kept_scores, descending=True, stable=True).indices
+        by_image = by_score[torch.sort(image[sets][by_score], stable=True).indices]
+        first = torch.searchsorted(image[sets][by_image], image[sets][by_image], right=False)
+        place = torch.empty_like(by_image)
+        place[by_image] = torch.arange(by_image.numel(), device=conf.device) - first
+        chosen = place < keep_top_k
+        sets, rank, kept_scores = sets[chosen], rank[chosen], kept_scores[chosen]
+    index = order[sets, rank]
+    return torch.cat([image[sets, None].to(conf.dtype), label.repeat(num)[sets, None].to(
+        conf.dtype), kept_scores[:, None], boxes[image[sets], index, loc_slot[sets]]], dim=1)
+
+
+def _detect_adaptive(boxes, conf, classes, *, share_location, confidence_threshold,
+                     nms_threshold, top_k, eta, keep_top_k):
+    """``detect`` with an adaptive NMS threshold (eta < 1): each class of each image goes
+    through ``bbox_util.nms`` on its own (the threshold follows the keeps one by one)."""
     rows = []
-    for i in range(loc.shape[0] if classes else 0):
+    for i in range(boxes.shape[0]):
         class_scores = conf[i, :, classes].t()  # (classes, P)
-        if eta >= 1:
-            # Every class's NMS at once: boxes shared, or one location set per class.
-            class_boxes = (boxes[i, :, 0] if share_location
-                           else boxes[i, :, classes].transpose(0, 1))
-            keeps = bbox_util.batched_nms(class_boxes, class_scores, nms_threshold, top_k,
-                                          score_threshold=confidence_threshold)
-        else:
-            keeps = [bbox_util.nms(boxes[i, :, 0 if share_location else c], class_scores[k],
-                                   nms_threshold, top_k, eta, score_threshold=confidence_threshold)
-                     for k, c in enumerate(classes)]
+        keeps = [bbox_util.nms(boxes[i, :, 0 if share_location else c], class_scores[k],
+                               nms_threshold, top_k, eta, score_threshold=confidence_threshold)
+                 for k, c in enumerate(classes)]
         index = torch.cat(keeps)
         if index.numel() == 0:
             continue
@@ -63,15 +110,18 @@ class DetectionOutputLayer(Layer):
     ``background_label_id`` default 0 (-1: none), ``code_type`` default CORNER,
     ``variance_encoded_in_target``, ``confidence_threshold`` (unset: every score),
     ``nms_param { nms_threshold (0.3) top_k eta (1) }``, ``keep_top_k`` default -1 = all).
-    Saving results to files (``save_output_param``) and visualisation are not supported.
+    ``clip`` (OpenCV dnn's field, default false) clamps decoded boxes to [0, 1] before NMS.
+    Writing results to files (``save_output_param.output_directory``, which SSD's generated
+    deploy files set) and visualisation are not done: a warning says so, the top is unaffected.
 
     Bottoms: loc (N, P*L*4) with L = 1 (share_location) or C, conf (N, P*C) probabilities,
     priors (1, 2, P*4) from PriorBox. Top (1, 1, K, 7): rows [image, label, score, xmin, ymin,
-    xmax, ymax]. Boxes are decoded from the priors (not clipped); per image and class other
-    than the background, boxes with score > confidence_threshold go through NMS (pre-NMS top_k,
-    nms_threshold, adaptive eta); when an image keeps more than keep_top_k, the keep_top_k best
-    scores over its classes remain. Rows come by image, label ascending, score descending.
-    With no detection at all the top is (1, 1, N, 7), row i = [i, -1, -1, -1, -1, -1, -1].
+    xmax, ymax]. Boxes are decoded from the priors (clipped only with ``clip``); per image and
+    class other than the background, boxes with score > confidence_threshold go through NMS
+    (pre-NMS top_k, nms_threshold, adaptive eta); when an image keeps more than keep_top_k,
+    the keep_top_k best scores over its classes remain. Rows come by image, label ascending,
+    score descending. With no detection at all the top is (1, 1, N, 7), row i = [i, -1, -1,
+    -1, -1, -1, -1].
     Forward only.
     """
 
@@ -102,8 +152,11 @@ class DetectionOutputLayer(Layer):
         self.eta = float(nms.eta)
         self.check(0 < self.eta <= 1, f"nms_param.eta must be in (0, 1] (got {self.eta}).")
         self.top_k = int(nms.top_k) if nms.HasField("top_k") else -1
-        self.check(not p.save_output_param.output_directory,
-                   "save_output_param (writing detections to files) is not supported")
+        self.clip = p.clip
+        if p.save_output_param.output_directory:
+            log.warning("DetectionOutput %s: save_output_param ignored: caffepy does not write "
+                        "detection files (output_directory %r); the top blob is unaffected",
+                        self.name, p.save_output_param.output_directory)
 
     def reshape(self, bottom, top):
         loc, conf, prior = bottom
@@ -133,7 +186,7 @@ class DetectionOutputLayer(Layer):
                       variance_encoded_in_target=self.variance_encoded_in_target,
                       confidence_threshold=self.confidence_threshold,
                       nms_threshold=self.nms_threshold, top_k=self.top_k, eta=self.eta,
-                      keep_top_k=self.keep_top_k)
+                      keep_top_k=self.keep_top_k, clip=self.clip)
         if rows.shape[0] == 0:
             top[0].reshape([1, 1, num, 7])
             out = top[0].mutable_device_data()

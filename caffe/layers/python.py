@@ -20,7 +20,9 @@ class PythonLayer(Layer):
     """Base class of user layers (exported as ``caffe.Layer``).
 
     ``self.param_str``, ``self.phase`` and ``self.blobs`` (a BlobVec) are set before ``setup``
-    runs; ``self.blobs.add_blob(*shape)`` appends a learnable parameter blob.
+    runs; ``self.blobs.add_blob(*shape)`` appends a learnable parameter blob. ``self.phase``
+    equals caffe.TRAIN / caffe.TEST (0 / 1, as in pycaffe) and ``str()`` gives 'TRAIN' /
+    'TEST', as in the Faster R-CNN fork, whose layers also read ``self.param_str_``.
     """
 
     type_name = "Python"
@@ -30,6 +32,15 @@ class PythonLayer(Layer):
 
         super().__init__(param, dtype or torch.float32)
         self.param_str = param.python_param.param_str
+
+    @property
+    def param_str_(self) -> str:
+        """The Faster R-CNN fork's spelling of ``param_str`` (the same string)."""
+        return self.param_str
+
+    @param_str_.setter
+    def param_str_(self, value: str) -> None:
+        self.param_str = value
 
     def add_blob(self, *shape) -> None:
         """Append a learnable blob of ``shape``: a shorthand for pycaffe's

@@ -6,9 +6,11 @@ no CPU backward). ``roi_pool`` and ``roi_pool_backward`` are the math on tensors
 class reads ``roi_pooling_param`` and moves blobs.
 
 Every bin of every ROI is answered at once from a 2-D sparse table (range-maximum query):
-level (kh, kw) holds, at (h, w), the maximum of the 2^kh x 2^kw block starting there (with its
-first row-major position), so a bin's maximum is the best of four overlapping blocks. Memory is
-levels x N x C x H x W int64, the levels set by the largest bin, not by the number of ROIs.
+level (kh, kw) holds, at (h, w), the maximum of the 2^kh x 2^kw block starting there (and,
+when the argmax is wanted, the block's first row-major position of it), so a bin's maximum is
+the best of four overlapping blocks. Memory is levels x N x C x H x W, the levels set by the
+largest bin, not by the number of ROIs; the blocks are gathered a chunk of bins at a time.
+The layer's forward computes the maxima only; the argmax is found when a backward needs it.
 """
 
 from __future__ import annotations
@@ -62,37 +64,51 @@ class ROIGeometry:
         return lo.clamp(0, limit), hi.clamp(0, limit)
 
 
-def _order_code(x: torch.Tensor):
-    """``(codes, decode)``: int64 codes ordered as ``x``'s values (equal values, -0 and +0
-    included, get equal codes) and the map from codes back to values. float32 flips its bits
-    from sign-magnitude to two's complement order (an involution); other dtypes rank their
-    distinct values."""
-    if x.dtype == torch.float32:
-        def flip(bits):
-            return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-        codes = flip((x + 0.0).view(torch.int32)).to(torch.int64)  # + 0.0: -0 -> +0
-        return codes, lambda code: flip(code.to(torch.int32)).view(torch.float32)
-    values, rank = torch.unique(x, return_inverse=True)
-    return rank, lambda code: values[code]
+# Bins answered per gather: 2^16 x C float32 keeps each step's temporaries near the caches.
+_CHUNK_ELEMENTS = 1 << 18
 
 
-def _sparse_table(key: torch.Tensor, levels_h: int, levels_w: int) -> torch.Tensor:
-    """Block maxima of ``key`` (N, H, W, C): (levels_h, levels_w, N, H, W, C), entry
-    [kh, kw, n, h, w] = max of key[n, h:h + 2^kh, w:w + 2^kw] per channel. Entries whose block
-    leaves the map hold a shorter block's maximum and are never queried."""
-    h, w = key.shape[1:3]
-    table = key.new_empty((levels_h, levels_w, *key.shape))
-    table[0, 0] = key
+def _block_tables(x: torch.Tensor, levels_h: int, levels_w: int, with_position: bool):
+    """Block maxima of ``x`` (N, H, W, C): ``(values, positions)``, each (levels_h, levels_w,
+    N, H, W, C); entry [kh, kw, n, h, w] is the maximum of x[n, h:h + 2^kh, w:w + 2^kw] per
+    channel and (``with_position``, else None) the flat index h * W + w of its first cell in
+    row-major order. Width levels are built on single rows and height levels stack blocks
+    downwards, so the earlier block of every merge holds the earlier positions: on a tie it
+    wins. Entries whose block leaves the map hold a shorter block's maximum and are never
+    queried."""
+    n, h, w, c = x.shape
+    values = x.new_empty((levels_h, levels_w, n, h, w, c))
+    values[0, 0] = x
+    positions = None
+    if with_position:
+        # Positions as floats (exact below 2^24, with room for the query's offset of h * w).
+        exact = torch.float32 if h * w < 1 << 23 else torch.float64
+        positions = torch.empty(values.shape, dtype=exact, device=x.device)
+        positions[0, 0] = torch.arange(h * w, dtype=exact, device=x.device).view(h, w, 1)
+
+    def merge(prev, cur, prev_pos, cur_pos, axis, s, size):
+        head = [slice(None)] * axis
+        a, b = prev[(*head, slice(0, size - s))], prev[(*head, slice(s, None))]
+        cur[(*head, slice(size - s, None))] = prev[(*head, slice(size - s, None))]
+        torch.maximum(a, b, out=cur[(*head, slice(0, size - s))])
+        if prev_pos is not None:
+            cur_pos[(*head, slice(size - s, None))] = prev_pos[(*head, slice(size - s, None))]
+            # where(b > a, pos_b, pos_a) as pos_a + (b > a) * (pos_b - pos_a), in float.
+            pos_a, out = prev_pos[(*head, slice(0, size - s))], cur_pos[(*head, slice(0, size - s))]
+            later = torch.gt(b, a, out=torch.empty_like(pos_a))
+            torch.addcmul(pos_a, later, prev_pos[(*head, slice(s, None))] - pos_a, out=out)
+
+    def at(table, kh, kw):
+        return None if table is None else table[kh, kw]
+
     for kw in range(1, levels_w):
-        s, prev, cur = 1 << (kw - 1), table[0, kw - 1], table[0, kw]
-        cur[:, :, w - s:] = prev[:, :, w - s:]
-        torch.maximum(prev[:, :, :w - s], prev[:, :, s:], out=cur[:, :, :w - s])
+        merge(values[0, kw - 1], values[0, kw], at(positions, 0, kw - 1), at(positions, 0, kw),
+              2, 1 << (kw - 1), w)
     for kh in range(1, levels_h):
-        s, prev, cur = 1 << (kh - 1), table[kh - 1], table[kh]
-        cur[:, :, h - s:] = prev[:, :, h - s:]
-        torch.maximum(prev[:, :, :h - s], prev[:, :, s:], out=cur[:, :, :h - s])
-    return table
+        for kw in range(levels_w):
+            merge(values[kh - 1, kw], values[kh, kw], at(positions, kh - 1, kw),
+                  at(positions, kh, kw), 1, 1 << (kh - 1), h)
+    return values, positions
 
 
 def _query_corners(start, end, levels):
@@ -105,6 +121,67 @@ def _query_corners(start, end, levels):
     return k, lo, hi - (1 << k), empty
 
 
+def _pool(features: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w: int,
+          spatial_scale: float, with_argmax: bool):
+    """Channel-last (R, PH, PW, C) bin maxima of every ROI and, ``with_argmax``, their first
+    positions (as exact floats, -1 for an empty bin; else None).
+
+    Each bin is covered by four overlapping power-of-two blocks (a 2-D sparse table, levels
+    set by the largest bin): its maximum is theirs, and its first maximum in row-major order
+    is the earliest first maximum among the blocks that reach the bin's maximum. The corner
+    blocks are gathered as whole rows of C channels, a chunk of bins at a time."""
+    n, c, height, width = features.shape
+    r = rois.shape[0]
+    geo = ROIGeometry(rois, pooled_h, pooled_w, spatial_scale, height, width)
+    kh, h0, h1, empty_h = _query_corners(geo.hstart, geo.hend, _levels(height))
+    kw, w0, w1, empty_w = _query_corners(geo.wstart, geo.wend, _levels(width))
+    levels_h = int(kh.max()) + 1 if r else 1
+    levels_w = int(kw.max()) + 1 if r else 1
+    values, positions = _block_tables(features.permute(0, 2, 3, 1), levels_h, levels_w,
+                                      with_argmax)
+    values = values.view(-1, c)
+    positions = None if positions is None else positions.view(-1, c)
+
+    # Table row (level, batch, h, w) of each corner block, (4, R * PH * PW).
+    level = kh[:, :, None] * levels_w + kw[:, None, :]
+    plane = (level * n + geo.batch[:, None, None]) * height
+    corners = torch.stack([((plane + rows[:, :, None]) * width + cols[:, None, :]).reshape(-1)
+                           for rows in (h0, h1) for cols in (w0, w1)])
+    bins = corners.shape[1]
+    top = features.new_empty((bins, c))
+    argmax = positions.new_empty((bins, c)) if with_argmax else None
+    step = max(_CHUNK_ELEMENTS // max(c, 1), 1)
+    for lo in range(0, bins, step):
+        rows = corners[:, lo:lo + step]
+        best = torch.index_select(values, 0, rows[0], out=top[lo:lo + step])
+        if positions is None:
+            for k in range(1, 4):
+                torch.maximum(best, values.index_select(0, rows[k]), out=best)
+            continue
+        found = [best.clone()] + [values.index_select(0, rows[k]) for k in range(1, 4)]
+        for v in found[1:]:
+            torch.maximum(best, v, out=best)
+        first = argmax[lo:lo + step].fill_(2 * height * width)
+        short = torch.empty_like(first)
+        for k, v in enumerate(found):
+            # The earliest first maximum among the corners that reach the bin's maximum: a
+            # corner short of it is pushed past every position (masks as float factors:
+            # torch's elementwise kernels are far faster on them than on bool and where).
+            torch.ne(v, best, out=short)
+            cand = positions.index_select(0, rows[k]).add_(short, alpha=height * width)
+            torch.minimum(first, cand, out=first)
+        # A NaN maximum equals no corner: take the earliest corner's first position instead.
+        first.sub_(torch.ge(first, height * width, out=short), alpha=height * width)
+    empty = (empty_h[:, :, None] | empty_w[:, None, :]).reshape(-1, 1)
+    top.add_(0.0)  # a -0 maximum reads +0: equal zeros are one value, as in the argmax
+    if bool(empty.any()):
+        top.masked_fill_(empty, 0)
+        if with_argmax:
+            argmax.masked_fill_(empty, -1)
+    top = top.view(r, pooled_h, pooled_w, c)
+    return top, None if argmax is None else argmax.view(r, pooled_h, pooled_w, c)
+
+
 def roi_pool(features: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w: int,
              spatial_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Faster R-CNN ROI max pooling.
@@ -114,39 +191,15 @@ def roi_pool(features: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w
     argmax (same shape, int64): the flat index h * W + w in the ROI's feature plane of the
     first maximum in row-major order, -1 for an empty bin. Both are views of channel-last
     (R, pooled_h, pooled_w, C) tensors; copy them where a contiguous layout is needed.
-
-    The table holds key = order code of the value, shifted left, with (mask - position) in
-    the low bits, so one integer maximum gives the largest value and, among equal values, the
-    first position. It is channel-last, so each corner lookup copies whole rows of C keys.
     """
-    n, c, height, width = features.shape
-    r = rois.shape[0]
-    geo = ROIGeometry(rois, pooled_h, pooled_w, spatial_scale, height, width)
-    kh, h0, h1, empty_h = _query_corners(geo.hstart, geo.hend, _levels(height))
-    kw, w0, w1, empty_w = _query_corners(geo.wstart, geo.wend, _levels(width))
-    levels_h = int(kh.max()) + 1 if r else 1
-    levels_w = int(kw.max()) + 1 if r else 1
-    bits = max(height * width - 1, 1).bit_length()
-    mask = (1 << bits) - 1
-    codes, decode = _order_code(features.permute(0, 2, 3, 1))
-    position = torch.arange(height * width, device=features.device).view(height, width, 1)
-    table = _sparse_table((codes << bits) | (mask - position), levels_h, levels_w)
-    table = table.view(-1, c)
+    top, argmax = _pool(features, rois, pooled_h, pooled_w, spatial_scale, True)
+    return top.permute(0, 3, 1, 2), argmax.to(torch.int64).permute(0, 3, 1, 2)
 
-    # Table row (level, batch, h, w) of each corner block, shaped (R, PH, PW).
-    level = kh[:, :, None] * levels_w + kw[:, None, :]
-    plane = (level * n + geo.batch[:, None, None]) * height
-    best = None
-    for rows in (h0, h1):
-        for cols in (w0, w1):
-            key = table.index_select(0, ((plane + rows[:, :, None]) * width
-                                         + cols[:, None, :]).reshape(-1))
-            best = key if best is None else torch.maximum(best, key, out=best)
-    best = best.view(r, pooled_h, pooled_w, c)
-    empty = (empty_h[:, :, None] | empty_w[:, None, :])[..., None]
-    argmax = (mask - (best & mask)).masked_fill_(empty, -1)
-    top = decode(best >> bits).masked_fill_(empty, 0)
-    return top.permute(0, 3, 1, 2), argmax.permute(0, 3, 1, 2)
+
+def roi_pool_max(features: torch.Tensor, rois: torch.Tensor, pooled_h: int, pooled_w: int,
+                 spatial_scale: float) -> torch.Tensor:
+    """``roi_pool``'s top alone (no argmax: about half the work), the same view layout."""
+    return _pool(features, rois, pooled_h, pooled_w, spatial_scale, False)[0].permute(0, 3, 1, 2)
 
 
 def _credited_cells(start, end, bin_size, pooled: int, size: int):
@@ -180,20 +233,32 @@ def roi_pool_backward(top_diff: torch.Tensor, argmax: torch.Tensor, rois: torch.
     geo = ROIGeometry(rois, pooled_h, pooled_w, spatial_scale, height, width)
     lo_h, hi_h = _credited_cells(geo.start_h, geo.end_h, geo.bin_h, pooled_h, height)
     lo_w, hi_w = _credited_cells(geo.start_w, geo.end_w, geo.bin_w, pooled_w, width)
-    # Channel-last (R, PH, PW, C), as roi_pool makes it: each scatter row is one cell's C diffs.
-    argmax = argmax.permute(0, 2, 3, 1)
-    # Plane indices are far below 2^24, so float32 division and floor are exact; an empty
-    # bin's -1 lands on row -1, outside every interval.
-    pos = argmax.to(torch.float32)
-    h = torch.floor(pos / width)
-    w = pos - h * width
-    keep = ((h >= lo_h[:, :, None, None]) & (h <= hi_h[:, :, None, None])
-            & (w >= lo_w[:, None, :, None]) & (w <= hi_w[:, None, :, None]))
-    row = argmax.clamp_min(0) + (geo.batch * (height * width)).view(r, 1, 1, 1)
-    diff = top_diff.permute(0, 2, 3, 1)
+    # Channel-last (R * PH * PW, C), as roi_pool makes it: each scatter row is one cell's C diffs.
+    argmax = argmax.permute(0, 2, 3, 1).reshape(-1, c)
+    # Positions and rows as floats: exact (float32 below 2^24), far cheaper than int64 here.
+    argmax = argmax.to(torch.float32 if n * height * width < 1 << 24 else torch.float64)
+    diff = top_diff.new_empty((r * pooled_h * pooled_w, c))
+    diff.view(r, pooled_h, pooled_w, c).copy_(top_diff.permute(0, 2, 3, 1))
+    # A bin whose credited cells cover it passes its argmax (which lies in the bin) as it is;
+    # the others (empty bins, malformed ROIs, edges where the kernel's division and the bin
+    # edges round apart) are tested cell by cell. An empty bin's -1 lands on row -1, outside
+    # every interval.
+    full_h = (lo_h <= geo.hstart) & (hi_h >= geo.hend - 1) & (geo.hend > geo.hstart)
+    full_w = (lo_w <= geo.wstart) & (hi_w >= geo.wend - 1) & (geo.wend > geo.wstart)
+    partial = torch.nonzero(~(full_h[:, :, None] & full_w[:, None, :]).reshape(-1))[:, 0]
+    if partial.numel():
+        roi = partial // (pooled_h * pooled_w)
+        p, q = (partial // pooled_w) % pooled_h, partial % pooled_w
+        pos = argmax[partial]
+        h = torch.floor(pos / width)
+        w = pos - h * width
+        keep = ((h >= lo_h[roi, p, None]) & (h <= hi_h[roi, p, None])
+                & (w >= lo_w[roi, q, None]) & (w <= hi_w[roi, q, None]))
+        diff[partial] = torch.where(keep, diff[partial], torch.zeros_like(pos, dtype=diff.dtype))
+    row = argmax.clamp_min(0).view(r, pooled_h * pooled_w * c)
+    row = row.add_((geo.batch * (height * width)).to(row.dtype)[:, None]).to(torch.int64)
     grad = top_diff.new_zeros((n * height * width, c))
-    grad.scatter_add_(0, row.reshape(-1, c),
-                      torch.where(keep, diff, torch.zeros_like(diff)).reshape(-1, c))
+    grad.scatter_add_(0, row.view(-1, c), diff)
     return grad.view(n, height, width, c).permute(0, 3, 1, 2)
 
 
@@ -238,6 +303,7 @@ class ROIPoolingLayer(Layer):
         self.pooled_h, self.pooled_w = int(p.pooled_h), int(p.pooled_w)
         self.spatial_scale = float(p.spatial_scale)
         self.argmax: torch.Tensor | None = None
+        self._inputs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def allow_force_backward(self, bottom_index: int) -> bool:
         return bottom_index == 0
@@ -250,13 +316,22 @@ class ROIPoolingLayer(Layer):
         return bottom[1].device_data().reshape(-1, 5)
 
     def forward(self, bottom, top):
-        out, self.argmax = roi_pool(bottom[0].device_data(), self._rois(bottom), self.pooled_h,
-                                    self.pooled_w, self.spatial_scale)
+        # The argmax is found when a backward asks for it, from a copy of this pass's inputs
+        # (a TEST forward skips that half of the work; the copy keeps Caffe's semantics if the
+        # bottoms change before the backward).
+        features, rois = bottom[0].device_data(), self._rois(bottom)
+        out = roi_pool_max(features, rois, self.pooled_h, self.pooled_w, self.spatial_scale)
         top[0].mutable_device_data().copy_(out)
+        self._inputs = (features.clone(), rois.clone())
+        self.argmax = None
 
     def backward(self, top, propagate_down, bottom):
         if not propagate_down[0]:
             return
+        if self.argmax is None:
+            # Positions as exact floats (roi_pool_backward takes them as the int64 argmax).
+            self.argmax = _pool(*self._inputs, self.pooled_h, self.pooled_w,
+                                self.spatial_scale, True)[1].permute(0, 3, 1, 2)
         grad = roi_pool_backward(top[0].device_diff(), self.argmax, self._rois(bottom),
                                  tuple(bottom[0].shape), self.spatial_scale)
         bottom[0].mutable_device_diff().copy_(grad)

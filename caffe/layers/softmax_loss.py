@@ -22,7 +22,8 @@ from caffe.layers.softmax import softmax_into
 @register("SoftmaxWithLoss")
 class SoftmaxWithLossLayer(LossLayer):
     """Caffe type ``SoftmaxWithLoss``; reads ``softmax_param.axis`` and ``loss_param``
-    (``ignore_label``, ``normalization`` or the legacy ``normalize``).
+    (``ignore_label``, ``normalization`` or the legacy ``normalize``, and SegNet's
+    ``weight_by_label_freqs`` with ``class_weighting``, one weight per class).
 
     Bottoms: scores of shape (outer..., C, inner...) with C on the softmax axis, and labels with
     outer * inner elements holding integers in [0, C). Tops: the scalar loss and, optionally,
@@ -30,6 +31,8 @@ class SoftmaxWithLossLayer(LossLayer):
 
     loss = -sum_{valid} log(max(p[label], FLT_MIN)) / normalizer, p = softmax(scores).
     dE/dscores = (p - onehot(label)) * loss_weight / normalizer, zero where the label is ignored.
+    With SegNet's class weighting each pixel's term (and its gradient) is multiplied by
+    w = class_weighting[label]; the normalizer still counts pixels, not weights.
     """
 
     exact_num_top = -1
@@ -40,6 +43,8 @@ class SoftmaxWithLossLayer(LossLayer):
         loss_param = self.layer_param.loss_param
         self.ignore_label = ignore_label_of(loss_param)
         self.normalization = normalization_mode(loss_param)
+        self.class_weighting = (list(loss_param.class_weighting)
+                                if loss_param.weight_by_label_freqs else None)
         self.prob = Blob(dtype=self.dtype)
         # Geometry and work tensors are worked out when the bottom shapes (or the mode) change.
         self.geometry_key: tuple | None = None
@@ -75,6 +80,13 @@ class SoftmaxWithLossLayer(LossLayer):
         # Without ignored labels every normalizer is a constant of the shape.
         self.fixed_normalizer = float(get_normalizer(
             self.normalization, self.outer_num, self.inner_num, None))
+        self.weights = None
+        if self.class_weighting is not None:
+            self.check(len(self.class_weighting) == self.num_classes,
+                       f"Number of class weight values ({len(self.class_weighting)}) does not "
+                       f"match the number of classes ({self.num_classes}) of bottom "
+                       f"'{self.layer_param.bottom[0]}' {list(bottom[0].shape)}.")
+            self.weights = torch.tensor(self.class_weighting, dtype=self.dtype, device=dev)
 
     def _read_labels(self, bottom) -> torch.Tensor | None:
         """Copy the labels into ``self.labels`` (truncated to integers), check their range, and
@@ -108,6 +120,8 @@ class SoftmaxWithLossLayer(LossLayer):
         picked.clamp_min_(FLT_MIN).log_()
         if valid is not None:
             picked.mul_(valid)
+        if self.weights is not None:
+            picked.mul_(self.weights[labels])
         loss = top[0].mutable_device_data()
         torch.sum(picked, dim=self.all_axes, out=loss)
         normalizer = self._normalizer(valid)
@@ -132,5 +146,8 @@ class SoftmaxWithLossLayer(LossLayer):
         else:
             diff.scatter_add_(1, self.labels.masked_fill(~valid, 0), self.minus_one)
             diff.mul_(valid)
+        if self.weights is not None:
+            labels = self.labels if valid is None else self.labels.masked_fill(~valid, 0)
+            diff.mul_(self.weights[labels])
         normalizer = self._normalizer(valid)
         diff.mul_(top[0].device_diff() / normalizer)
