@@ -4,12 +4,16 @@ Both forks' bilinear kernels weight two neighbouring rows, then two neighbouring
 resize of the planes X (..., H, W) is Y = A_h X A_w^T with one sparse-in-effect matrix per axis;
 its adjoint (the bottom diff) is A_h^T dY A_w. The matrices are built from each fork's own
 coordinate arithmetic, cached per geometry, and applied with two matrix products.
+``ResizeLayer`` is the layer side both share: the 4-axis bottom check, the top shape and the
+forward/backward through the cached pair.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from caffe.layer import Layer
 
 
 def weight_matrix(out_size: int, in_size: int, low: np.ndarray, high: np.ndarray,
@@ -51,3 +55,40 @@ class MatrixCache:
             self._value = (a_h.to(device), a_w.to(device))
             self._key = key
         return self._value
+
+
+class ResizeLayer(Layer):
+    """One bottom (N, C, H, W) resized plane by plane into one top (N, C, H_out, W_out).
+
+    A subclass sets ``self.matrices`` (a MatrixCache) in setup and calls ``bottom_shape`` and
+    ``reshape_top`` from reshape; forward and backward apply the cached (A_h, A_w) pair.
+    """
+
+    exact_num_bottom = 1
+    exact_num_top = 1
+    matrices: MatrixCache
+
+    def bottom_shape(self, bottom) -> list[int]:
+        """bottom[0]'s shape, checked to have 4 axes."""
+        shape = list(bottom[0].shape)
+        self.check(len(shape) == 4, f"bottom must have 4 axes (num, channels, height, width); "
+                                    f"bottom shape {shape}")
+        return shape
+
+    def reshape_top(self, top, shape: list[int], h_out: int, w_out: int, geometry: tuple) -> None:
+        """Check the top size, remember the geometry the matrices are built for, shape top."""
+        self.check(h_out > 0 and w_out > 0, f"the top size must be positive, got {h_out} x "
+                                            f"{w_out} (bottom shape {shape})")
+        self.geometry = geometry
+        top[0].reshape([shape[0], shape[1], h_out, w_out])
+
+    def forward(self, bottom, top):
+        x = bottom[0].device_data()
+        a_h, a_w = self.matrices.get(self.geometry, x.dtype, x.device)
+        resize_planes(x, a_h, a_w, top[0].mutable_device_data())
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            dy = top[0].device_diff()
+            a_h, a_w = self.matrices.get(self.geometry, dy.dtype, dy.device)
+            resize_planes_backward(dy, a_h, a_w, bottom[0].mutable_device_diff())

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from caffe.layer import Layer, register
-from caffe.layers._resize import MatrixCache, resize_planes, resize_planes_backward, weight_matrix
+from caffe.layer import register
+from caffe.layers._resize import MatrixCache, ResizeLayer, weight_matrix
 
 
 def bilinear_axis_matrix(in_size: int, out_size: int, align_corners: bool,
@@ -45,11 +45,8 @@ def bilinear_axis_matrix(in_size: int, out_size: int, align_corners: bool,
 
 
 @register("BilinearInterpolate")
-class BilinearInterpolateLayer(Layer):
+class BilinearInterpolateLayer(ResizeLayer):
     """BilinearInterpolate (brocolli): bottom (N, C, H, W) -> top (N, C, dst_h, dst_w)."""
-
-    exact_num_bottom = 1
-    exact_num_top = 1
 
     def setup(self, bottom, top):
         p = self.layer_param.bilinear_interpolate_param
@@ -72,23 +69,7 @@ class BilinearInterpolateLayer(Layer):
         return (p.dst_h if p.HasField("dst_h") else h), (p.dst_w if p.HasField("dst_w") else w)
 
     def reshape(self, bottom, top):
-        shape = list(bottom[0].shape)
-        self.check(len(shape) == 4, f"bottom must have 4 axes (num, channels, height, width); "
-                                    f"bottom shape {shape}")
-        n, c, h, w = shape
+        shape = self.bottom_shape(bottom)
+        _, _, h, w = shape
         h_out, w_out = self._top_size(h, w)
-        self.check(h_out > 0 and w_out > 0, f"the top size must be positive, got {h_out} x "
-                                            f"{w_out} (bottom shape {shape})")
-        self.geometry = (h, w, h_out, w_out)
-        top[0].reshape([n, c, h_out, w_out])
-
-    def forward(self, bottom, top):
-        x = bottom[0].device_data()
-        a_h, a_w = self.matrices.get(self.geometry, x.dtype, x.device)
-        resize_planes(x, a_h, a_w, top[0].mutable_device_data())
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            dy = top[0].device_diff()
-            a_h, a_w = self.matrices.get(self.geometry, dy.dtype, dy.device)
-            resize_planes_backward(dy, a_h, a_w, bottom[0].mutable_device_diff())
+        self.reshape_top(top, shape, h_out, w_out, (h, w, h_out, w_out))

@@ -29,8 +29,8 @@ import numpy as np
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.data.datum import read_image
-from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader
+from caffe.data.image_list import ImageListLoader, open_image_list, read_list_text, start_image_list
+from caffe.data.prefetch import BasePrefetchingDataLayer
 from caffe.errors import DataError
 from caffe.layer import register
 
@@ -40,11 +40,7 @@ logger = logging.getLogger("caffe")
 def read_pair_list(source: str) -> list[tuple[str, str]]:
     """The (image, label image) pairs of a list file: whitespace-separated tokens two by two, as
     SegNet reads them with ``infile >> image >> label``."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            tokens = f.read().split()
-    except OSError as exc:
-        raise DataError(f"cannot open image list {source!r}: {exc.strerror}") from None
+    tokens = read_list_text(source).split()
     return list(zip(tokens[0::2], tokens[1::2]))
 
 
@@ -56,38 +52,18 @@ def resize_nearest(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return img[rows[:, None], cols[None, :]]
 
 
-class DenseBatchLoader(BatchLoader):
+class DenseBatchLoader(ImageListLoader):
     def __init__(self, lines, param, transformer, rng, dtype, where: str) -> None:
-        self.lines = lines
-        self.root_folder = param.root_folder
-        self.new_height, self.new_width = int(param.new_height), int(param.new_width)
+        super().__init__(lines, param, rng, dtype, where)
         self.crop_height, self.crop_width = int(param.crop_height), int(param.crop_width)
-        self.is_color = param.is_color
         self.mirror = param.mirror
-        self.shuffle_list = param.shuffle
-        self.batch_size = int(param.batch_size)
         self.transformer = transformer
-        self.rng = rng
-        self.dtype = dtype
-        self.where = where
-        self.lines_id = 0
-
-    def shuffle(self) -> None:
-        order = self.rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
 
     def read(self, entry: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
         """(image C x H x W, label H x W) of one list entry, resized but not cropped."""
         image_name, label_name = entry
-        try:
-            image = read_image(self.root_folder + image_name, self.new_height, self.new_width,
-                               self.is_color)
-        except ValueError as exc:
-            raise DataError(f"{self.where}: Could not load {image_name!r}: {exc}") from None
-        try:
-            label = read_image(self.root_folder + label_name, 0, 0, False)
-        except ValueError as exc:
-            raise DataError(f"{self.where}: Could not load {label_name!r}: {exc}") from None
+        image = self.read_file(image_name, self.is_color)
+        label = self.read_file(label_name, False, resize=False)
         if self.new_height > 0:
             label = resize_nearest(label, self.new_height, self.new_width)
         label = label.reshape(label.shape[:2])
@@ -106,13 +82,14 @@ class DenseBatchLoader(BatchLoader):
     def load_batch(self, batch) -> None:
         examples = []
         for _ in range(self.batch_size):
-            image, label = self.read(self.lines[self.lines_id])
+            entry = self.lines[self.lines_id]
+            image, label = self.read(entry)
             if self.mirror and int(self.rng_draw(2)):
                 image, label = image[:, :, ::-1], label[:, ::-1]
             if self.crop_height > 0:
                 height, width = label.shape
                 if height < self.crop_height or width < self.crop_width:
-                    raise DataError(f"{self.where}: image {self.lines[self.lines_id][0]!r} "
+                    raise DataError(f"{self.where}: image {entry[0]!r} "
                                     f"({height} x {width}) is smaller than the crop "
                                     f"({self.crop_height} x {self.crop_width})")
                 h_off = int(self.rng_draw(height - self.crop_height + 1))
@@ -121,12 +98,7 @@ class DenseBatchLoader(BatchLoader):
                           slice(w_off, w_off + self.crop_width))
                 image, label = image[(slice(None), *window)], label[window]
             examples.append((image, label))
-            self.lines_id += 1
-            if self.lines_id >= len(self.lines):
-                logger.debug("Restarting data prefetching from start.")
-                self.lines_id = 0
-                if self.shuffle_list:
-                    self.shuffle()
+            self.advance()
         channels, height, width = examples[0][0].shape
         for image, _ in examples[1:]:
             if image.shape != (channels, height, width):
@@ -167,26 +139,11 @@ class DenseImageDataLayer(BasePrefetchingDataLayer):
                    "label differently; use dense_image_data_param mirror and "
                    "crop_height/crop_width")
         self.check(p.batch_size > 0, f"Positive batch size required, got {p.batch_size}")
-        logger.info("Opening file %s", p.source)
-        try:
-            lines = read_pair_list(p.source)
-        except DataError as exc:
-            raise self.data_error(str(exc)) from None
-        if not lines:
-            raise self.data_error(f"image list {p.source!r} has no (image, label) pair")
-        where = f"{self.type_name} layer {self.name!r} (list {p.source!r})"
+        lines, where = open_image_list(self, p.source, read_pair_list,
+                                       "has no (image, label) pair")
         loader = DenseBatchLoader(lines, p, self.transformer, common.numpy_rng(),
                                   self.np_dtype, where)
-        if p.shuffle:
-            logger.info("Shuffling data")
-            loader.shuffle()
-        logger.info("A total of %d examples.", len(lines))
-        if p.rand_skip:
-            skip = int(common.numpy_rng().integers(0, p.rand_skip))
-            logger.info("Skipping first %d data points.", skip)
-            if skip >= len(lines):
-                raise self.data_error(f"Not enough points to skip ({skip} of {len(lines)})")
-            loader.lines_id = skip
+        start_image_list(self, loader, p, "examples")
         image, _ = loader.read(loader.lines[loader.lines_id])
         height, width = loader.output_size(image)
         top[0].reshape([p.batch_size, image.shape[0], height, width])

@@ -23,9 +23,9 @@ import numpy as np
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.data.datum import read_image
 from caffe.data.image import to_chw
-from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader, decode_threads
+from caffe.data.image_list import ImageListLoader, open_image_list, read_list_text, start_image_list
+from caffe.data.prefetch import BasePrefetchingDataLayer, decode_threads
 from caffe.errors import DataError
 from caffe.layer import register
 
@@ -34,11 +34,7 @@ logger = logging.getLogger("caffe")
 
 def read_image_list(source: str) -> list[tuple[str, int]]:
     """Parse a ``path label`` list (label after the last space), as Caffe's list readers do."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot open image list {source!r}: {exc.strerror}") from None
+    text = read_list_text(source)
     lines = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.rstrip("\r")
@@ -55,44 +51,20 @@ def read_image_list(source: str) -> list[tuple[str, int]]:
     return lines
 
 
-class ImageBatchLoader(BatchLoader):
-    def __init__(self, lines, root_folder: str, new_height: int, new_width: int,
-                 is_color: bool, shuffle_rng, transformer, batch_size: int, dtype,
-                 where: str, start: int) -> None:
-        self.lines = lines
-        self.root_folder = root_folder
-        self.new_height = new_height
-        self.new_width = new_width
-        self.is_color = is_color
-        self.rng = shuffle_rng
+class ImageBatchLoader(ImageListLoader):
+    def __init__(self, lines, param, shuffle_rng, transformer, dtype, where: str) -> None:
+        super().__init__(lines, param, shuffle_rng, dtype, where)
         self.transformer = transformer
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self.where = where
-        self.lines_id = start
         self.threads = decode_threads()
 
-    def shuffle(self) -> None:
-        order = self.rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
-
     def read(self, entry: tuple[str, int]) -> np.ndarray:
-        path = self.root_folder + entry[0]
-        try:
-            return to_chw(read_image(path, self.new_height, self.new_width, self.is_color))
-        except ValueError as exc:
-            raise DataError(f"{self.where}: Could not load {entry[0]!r}: {exc}") from None
+        return to_chw(self.read_file(entry[0], self.is_color))
 
     def load_batch(self, batch) -> None:
         entries = []
         for _ in range(self.batch_size):
             entries.append(self.lines[self.lines_id])
-            self.lines_id += 1
-            if self.lines_id >= len(self.lines):
-                logger.debug("Restarting data prefetching from start.")
-                self.lines_id = 0
-                if self.rng is not None:
-                    self.shuffle()
+            self.advance()
         images = self.map(self.read, entries)
         shape = self.transformer.infer_blob_shape(images[0])
         shape[0] = self.batch_size
@@ -119,29 +91,10 @@ class ImageDataLayer(BasePrefetchingDataLayer):
                    f"same time (new_height {new_height}, new_width {new_width})")
         batch_size = int(p.batch_size)
         self.check(batch_size > 0, f"Positive batch size required, got {batch_size}")
-        logger.info("Opening file %s", p.source)
-        try:
-            lines = read_image_list(p.source)
-        except DataError as exc:
-            raise self.data_error(str(exc)) from None
-        if not lines:
-            raise self.data_error(f"image list {p.source!r} is empty")
-        rng = None
-        if p.shuffle:
-            logger.info("Shuffling data")
-            rng = common.numpy_rng()
-        where = f"{self.type_name} layer {self.name!r} (list {p.source!r})"
-        loader = ImageBatchLoader(lines, p.root_folder, new_height, new_width, p.is_color, rng,
-                                  self.transformer, batch_size, self.np_dtype, where, 0)
-        if rng is not None:
-            loader.shuffle()
-        logger.info("A total of %d images.", len(lines))
-        if p.rand_skip:
-            skip = int(common.numpy_rng().integers(0, p.rand_skip))
-            logger.info("Skipping first %d data points.", skip)
-            if skip >= len(lines):
-                raise self.data_error(f"Not enough points to skip ({skip} of {len(lines)})")
-            loader.lines_id = skip
+        lines, where = open_image_list(self, p.source, read_image_list, "is empty")
+        rng = common.numpy_rng() if p.shuffle else None
+        loader = ImageBatchLoader(lines, p, rng, self.transformer, self.np_dtype, where)
+        start_image_list(self, loader, p, "images")
         image = loader.read(loader.lines[loader.lines_id])
         shape = self.transformer.infer_blob_shape(image)
         shape[0] = batch_size

@@ -33,8 +33,8 @@ import torch
 
 from caffe import common
 from caffe.blob import Blob
-from caffe.data.datum import read_image
-from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader
+from caffe.data.image_list import ImageListLoader, open_image_list, read_list_text, start_image_list
+from caffe.data.prefetch import BasePrefetchingDataLayer
 from caffe.errors import DataError
 from caffe.layer import register
 from caffe.proto import caffe_pb2
@@ -48,11 +48,7 @@ NONE = caffe_pb2.ImageDataParameter.NONE
 
 def read_seg_list(source: str, label_type: int) -> list[tuple[str, str]]:
     """(image, label token) per non-empty line; the label token is '' for label_type NONE."""
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as exc:
-        raise DataError(f"cannot open image list {source!r}: {exc.strerror}") from None
+    text = read_list_text(source)
     lines = []
     for line in text.splitlines():
         tokens = line.split()
@@ -68,46 +64,25 @@ def saturate_u8(value: int) -> int:
     return min(max(int(value), 0), 255)
 
 
-class SegBatchLoader(BatchLoader):
+class SegBatchLoader(ImageListLoader):
     def __init__(self, lines, param, transform, phase: int, rng, dtype, where: str) -> None:
-        self.lines = lines
-        self.root_folder = param.root_folder
-        self.new_height, self.new_width = int(param.new_height), int(param.new_width)
-        self.is_color = param.is_color
+        super().__init__(lines, param, rng, dtype, where)
         self.label_type = param.label_type
         self.ignore_label = int(param.ignore_label)
-        self.shuffle_list = param.shuffle
-        self.batch_size = int(param.batch_size)
         self.crop = int(transform.crop_size)
         self.mirror = transform.mirror
         self.scale = float(transform.scale)
         self.mean_values = list(transform.mean_value)
         self.phase = phase
-        self.rng = rng
-        self.dtype = dtype
-        self.where = where
-        self.lines_id = 0
-
-    def shuffle(self) -> None:
-        order = self.rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in order]
 
     def read(self, entry: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
         """(image H x W x C uint8, label H x W uint8) of one list entry."""
         image_name, label_token = entry
-        try:
-            image = read_image(self.root_folder + image_name, self.new_height, self.new_width,
-                               self.is_color)
-        except ValueError as exc:
-            raise DataError(f"{self.where}: Could not load {image_name!r}: {exc}") from None
+        image = self.read_file(image_name, self.is_color)
         image = image.reshape(image.shape[0], image.shape[1], -1)
         shape = image.shape[:2]
         if self.label_type == PIXEL:
-            try:
-                label = read_image(self.root_folder + label_token, self.new_height,
-                                   self.new_width, False)
-            except ValueError as exc:
-                raise DataError(f"{self.where}: Could not load {label_token!r}: {exc}") from None
+            label = self.read_file(label_token, False)
             label = label.reshape(label.shape[:2])
             if label.shape != shape:
                 raise DataError(f"{self.where}: image {image_name!r} is {list(shape)} but its "
@@ -174,12 +149,7 @@ class SegBatchLoader(BatchLoader):
             batch.data[i] = data
             batch.label[i, :area] = label.reshape(-1)
             batch.label[i, area:] = dim
-            self.lines_id += 1
-            if self.lines_id >= len(self.lines):
-                logger.debug("Restarting data prefetching from start.")
-                self.lines_id = 0
-                if self.shuffle_list:
-                    self.shuffle()
+            self.advance()
 
 
 @register("ImageSegData")
@@ -200,26 +170,11 @@ class ImageSegDataLayer(BasePrefetchingDataLayer):
                    f"Current implementation requires new_height and new_width to be set at the "
                    f"same time (new_height {new_height}, new_width {new_width})")
         self.check(p.batch_size > 0, f"Positive batch size required, got {p.batch_size}")
-        logger.info("Opening file %s", p.source)
-        try:
-            lines = read_seg_list(p.source, p.label_type)
-        except DataError as exc:
-            raise self.data_error(str(exc)) from None
-        if not lines:
-            raise self.data_error(f"image list {p.source!r} is empty")
-        where = f"{self.type_name} layer {self.name!r} (list {p.source!r})"
+        lines, where = open_image_list(
+            self, p.source, lambda source: read_seg_list(source, p.label_type), "is empty")
         loader = SegBatchLoader(lines, p, transform, self.phase, common.numpy_rng(),
                                 self.np_dtype, where)
-        if p.shuffle:
-            logger.info("Shuffling data")
-            loader.shuffle()
-        logger.info("A total of %d images.", len(lines))
-        if p.rand_skip:
-            skip = int(common.numpy_rng().integers(0, p.rand_skip))
-            logger.info("Skipping first %d data points.", skip)
-            if skip >= len(lines):
-                raise self.data_error(f"Not enough points to skip ({skip} of {len(lines)})")
-            loader.lines_id = skip
+        start_image_list(self, loader, p, "images")
         image, _ = loader.read(loader.lines[loader.lines_id])
         crop = int(transform.crop_size)
         loader.out_size = (crop, crop) if crop else image.shape[:2]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from caffe.layer import Layer, register
-from caffe.layers._resize import MatrixCache, resize_planes, resize_planes_backward, weight_matrix
+from caffe.layer import register
+from caffe.layers._resize import MatrixCache, ResizeLayer, weight_matrix
 
 
 def interp_axis_matrix(in_full: int, offset: int, in_eff: int, out_size: int,
@@ -52,11 +52,8 @@ def interp_output_size(param, h_eff: int, w_eff: int) -> tuple[int, int] | None:
 
 
 @register("Interp")
-class InterpLayer(Layer):
+class InterpLayer(ResizeLayer):
     """Interp (DeepLab v2): bottom (N, C, H, W) -> top (N, C, H_out, W_out), see the module."""
-
-    exact_num_bottom = 1
-    exact_num_top = 1
 
     def setup(self, bottom, top):
         p = self.layer_param.interp_param
@@ -80,10 +77,8 @@ class InterpLayer(Layer):
                 interp_axis_matrix(w, offset, w_eff, w_out, dtype))
 
     def reshape(self, bottom, top):
-        shape = list(bottom[0].shape)
-        self.check(len(shape) == 4, f"bottom must have 4 axes (num, channels, height, width); "
-                                    f"bottom shape {shape}")
-        n, c, h, w = shape
+        shape = self.bottom_shape(bottom)
+        _, _, h, w = shape
         h_eff, w_eff = h + self.pad_beg + self.pad_end, w + self.pad_beg + self.pad_end
         self.check(h_eff > 0 and w_eff > 0,
                    f"the cropped input must not be empty: {h_eff} x {w_eff} (bottom shape "
@@ -92,18 +87,4 @@ class InterpLayer(Layer):
         self.check(size is not None, "interp_param needs zoom_factor, shrink_factor, or height "
                                      "and width")
         h_out, w_out = size
-        self.check(h_out > 0 and w_out > 0, f"the top size must be positive, got {h_out} x "
-                                            f"{w_out} (bottom shape {shape})")
-        self.geometry = (h, w, h_eff, w_eff, h_out, w_out)
-        top[0].reshape([n, c, h_out, w_out])
-
-    def forward(self, bottom, top):
-        x = bottom[0].device_data()
-        a_h, a_w = self.matrices.get(self.geometry, x.dtype, x.device)
-        resize_planes(x, a_h, a_w, top[0].mutable_device_data())
-
-    def backward(self, top, propagate_down, bottom):
-        if propagate_down[0]:
-            dy = top[0].device_diff()
-            a_h, a_w = self.matrices.get(self.geometry, dy.dtype, dy.device)
-            resize_planes_backward(dy, a_h, a_w, bottom[0].mutable_device_diff())
+        self.reshape_top(top, shape, h_out, w_out, (h, w, h_eff, w_eff, h_out, w_out))
