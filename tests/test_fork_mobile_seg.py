@@ -319,6 +319,30 @@ def test_interp_output_sizes_follow_deeplab():
     assert size("zoom_factor: 1 pad_beg: -2 pad_end: -1") == (6, 9)
 
 
+def test_interp_takes_its_size_from_a_second_bottom():
+    """Later DeepLab/PSPNet copies: two bottoms -> the top is bottom[1]'s H x W; the result is
+    the same computation as giving height/width (bit-equal), crop pads still apply, and bottom[1]
+    gets no gradient."""
+    x = np.random.default_rng(12).normal(size=(2, 3, 9, 12))
+    like = np.zeros((2, 5, 13, 7))
+    layer, bottom, top = build_layer("type: 'Interp' interp_param { pad_beg: -1 }", [x, like])
+    layer.Forward(bottom, top)
+    ref, rbottom, rtop = build_layer(
+        "type: 'Interp' interp_param { height: 13 width: 7 pad_beg: -1 }", [x])
+    ref.Forward(rbottom, rtop)
+    assert tuple(top[0].shape) == (2, 3, 13, 7)
+    assert np.array_equal(top[0].data, rtop[0].data)
+    top[0].diff[...] = np.random.default_rng(13).normal(size=top[0].shape)
+    rtop[0].diff[...] = top[0].diff
+    bottom[1].diff[...] = 7.0
+    layer.Backward(top, [True, False], bottom)
+    ref.Backward(rtop, [True], rbottom)
+    assert np.array_equal(bottom[0].diff, rbottom[0].diff)
+    assert (bottom[1].diff == 7.0).all()
+    with pytest.raises(LayerError, match="ambiguous"):
+        build_layer("type: 'Interp' interp_param { zoom_factor: 2 }", [x, like])
+
+
 @pytest.mark.parametrize("param, kwargs", [
     ("dst_h: 9 dst_w: 4 align_corners: true", dict(size=(9, 4), align_corners=True)),
     ("dst_h: 9 dst_w: 4 align_corners: false", dict(size=(9, 4), align_corners=False)),

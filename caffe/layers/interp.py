@@ -9,7 +9,8 @@ as given; shrink and zoom: shrink, then zoom. Top pixel (h, w) reads the cropped
 DeepLab does: the integer part picks the pixel, the float32 fraction weights it against its
 successor (the last row/column has no successor). Equal sizes copy. The backward is the adjoint
 (DeepLab's caffe_cpu_interp2_backward). Later DeepLab/PSPNet copies also take the size from a
-second bottom; that form is not read here.
+second bottom: with two bottoms the top is bottom[1]'s height x width (then no size field may be
+set), and bottom[1] gets no gradient.
 """
 
 from __future__ import annotations
@@ -55,8 +56,17 @@ def interp_output_size(param, h_eff: int, w_eff: int) -> tuple[int, int] | None:
 class InterpLayer(ResizeLayer):
     """Interp (DeepLab v2): bottom (N, C, H, W) -> top (N, C, H_out, W_out), see the module."""
 
+    exact_num_bottom = -1
+    min_bottom = 1
+    max_bottom = 2
+
     def setup(self, bottom, top):
         p = self.layer_param.interp_param
+        if len(bottom) == 2:
+            given = [f for f in ("shrink_factor", "zoom_factor", "height", "width")
+                     if p.HasField(f)]
+            self.check(not given, f"Interp cannot take its size from a second bottom when "
+                                  f"{', '.join(given)} is also set (ambiguous)")
         self.pad_beg, self.pad_end = int(p.pad_beg), int(p.pad_end)
         self.check(self.pad_beg <= 0, f"Only supports non-pos padding (cropping) for now "
                                       f"(pad_beg {self.pad_beg})")
@@ -83,7 +93,10 @@ class InterpLayer(ResizeLayer):
         self.check(h_eff > 0 and w_eff > 0,
                    f"the cropped input must not be empty: {h_eff} x {w_eff} (bottom shape "
                    f"{shape}, pad_beg {self.pad_beg}, pad_end {self.pad_end})")
-        size = interp_output_size(self.layer_param.interp_param, h_eff, w_eff)
+        if len(bottom) == 2:
+            size = tuple(self.bottom_shape(bottom[1:])[2:])
+        else:
+            size = interp_output_size(self.layer_param.interp_param, h_eff, w_eff)
         self.check(size is not None, "interp_param needs zoom_factor, shrink_factor, or height "
                                      "and width")
         h_out, w_out = size
