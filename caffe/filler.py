@@ -43,8 +43,16 @@ def fill(blob: Blob, param) -> None:
     if kind == "constant":
         values = torch.full(shape, param.value, dtype=dtype)
     elif kind == "uniform":
+        # Caffe's caffe_rng_uniform CHECKs a <= b (so a NaN bound fails too).
+        if not param.min <= param.max:
+            raise CaffeError(f"uniform filler needs min <= max, got min {param.min} and max "
+                             f"{param.max}")
         values = torch.empty(shape, dtype=dtype).uniform_(param.min, param.max, generator=gen)
     elif kind == "gaussian":
+        # Caffe's caffe_rng_gaussian CHECKs sigma > 0 (CHECK_GT).
+        if not param.std > 0:
+            raise CaffeError(f"gaussian filler needs std > 0, got std {param.std} (mean "
+                             f"{param.mean})")
         values = torch.empty(shape, dtype=dtype).normal_(param.mean, param.std, generator=gen)
         if param.sparse >= 0:
             if blob.num_axes < 2:

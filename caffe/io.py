@@ -14,6 +14,8 @@ edge clamping; other orders use scipy.ndimage.zoom.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from caffe.errors import CaffeError
@@ -34,8 +36,15 @@ def blobproto_to_array(blob, return_diff: bool = False) -> np.ndarray:
         values = blob.double_data
     data = np.array(values)
     if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
-        return data.reshape(blob.num, blob.channels, blob.height, blob.width)
-    return data.reshape(blob.shape.dim)
+        shape = [blob.num, blob.channels, blob.height, blob.width]
+    else:
+        shape = list(blob.shape.dim)
+    count = math.prod(shape)
+    if count != data.size or min(shape, default=0) < 0:
+        what = "diff" if return_diff else "data"
+        raise IOValueError(f"BlobProto shape {shape} holds {count} values but its {what} has "
+                           f"{data.size}")
+    return data.reshape(shape)
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None):

@@ -144,18 +144,40 @@ def _name_list(kind: str, names: Sequence[str], wanted: str, limit: int = 40) ->
     return f"{hint}{kind}: {shown}"
 
 
+ALLOW_PYTHON_LAYERS_ENV = "CAFFE_ALLOW_PYTHON_LAYERS"
+_ENV_TRUE = ("1", "true", "yes", "on")
+_ENV_FALSE = ("0", "false", "no", "off")
+
+
+def python_layers_allowed(allow: bool | None = None) -> bool:
+    """Whether a net may load Python layers: ``allow`` when given, else the
+    ``CAFFE_ALLOW_PYTHON_LAYERS`` environment variable, else True (pycaffe's behaviour)."""
+    if allow is not None:
+        return bool(allow)
+    value = os.environ.get(ALLOW_PYTHON_LAYERS_ENV, "").strip().lower()
+    if not value or value in _ENV_TRUE:
+        return True
+    if value in _ENV_FALSE:
+        return False
+    raise CaffeError(f"{ALLOW_PYTHON_LAYERS_ENV}={value!r}: expected 0/1, true/false, yes/no "
+                     f"or on/off")
+
+
 # --- The Net --------------------------------------------------------------------------------------
 class Net:
     """Caffe's Net with pycaffe's Python interface.
 
     ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
     ``Net(prototxt, phase, level=0, stages=[...], weights=...)``; ``prototxt`` may also be a
-    NetParameter.
+    NetParameter. ``allow_python_layers=False`` (or ``CAFFE_ALLOW_PYTHON_LAYERS=0`` when it is
+    None) refuses a net with Python layers before their modules are imported.
     """
 
     def __init__(self, network_file, *args, level: int = 0, stages: Sequence[str] = (),
                  weights: str | None = None, phase: int | None = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 allow_python_layers: bool | None = None) -> None:
+        self.allow_python_layers = python_layers_allowed(allow_python_layers)
         args = list(args)
         if args and isinstance(args[0], (str, os.PathLike)):
             weights = args.pop(0)
@@ -194,6 +216,8 @@ class Net:
         """Build the net (Caffe's Net::Init)."""
         self.phase = in_param.state.phase
         filtered = filter_net(in_param)
+        if not getattr(self, "allow_python_layers", python_layers_allowed(None)):
+            self._refuse_python_layers(filtered)
         try:
             param = insert_splits(filtered)
         except NetError as exc:
@@ -268,8 +292,9 @@ class Net:
                 layer.SetUp(self.bottom_vecs[layer_id], self.top_vecs[layer_id])
             except CaffeError as exc:
                 shapes = [list(b.shape) for b in self.bottom_vecs[layer_id]]
+                # A Python layer's error comes from user code: keep its traceback as the cause.
                 raise type(exc)(f"{self._where(lp.name)}: {exc} (bottom shapes {shapes})") \
-                    from None
+                    from (exc if lp.type == "Python" else None)
             except Exception as exc:
                 self._layer_failed(layer_id, "setup", exc)
             for j, blob_id in enumerate(self.top_id_vecs[layer_id]):
@@ -309,7 +334,25 @@ class Net:
         try:
             return create_layer(lp, dtype=self.dtype)
         except CaffeError as exc:
-            raise type(exc)(f"{self._where(lp.name)}: {exc}") from None
+            # A Python layer's import or __init__ error stays chained (the user's traceback).
+            raise type(exc)(f"{self._where(lp.name)}: {exc}") \
+                from (exc.__cause__ if lp.type == "Python" else None)
+
+    def _refuse_python_layers(self, param: caffe_pb2.NetParameter) -> None:
+        """Untrusted-model mode: refuse a net with Python layers before any layer is created,
+        so that no ``python_param.module`` is imported (its top-level code never runs)."""
+        python = [lp for lp in param.layer if lp.type == "Python"]
+        if not python:
+            return
+        lp = python[0]
+        more = f" (and {len(python) - 1} more Python layer(s))" if len(python) > 1 else ""
+        raise NetError(
+            f"{self._where(lp.name)}: layer {lp.name!r} is a Python layer (python_param module "
+            f"{lp.python_param.module!r}, layer {lp.python_param.layer!r}){more}; Python layers "
+            f"are refused when allow_python_layers is False or {ALLOW_PYTHON_LAYERS_ENV}=0, "
+            f"because loading one imports and runs that module. If you trust this model, pass "
+            f"caffe.Net(..., allow_python_layers=True), give the tools -allow_python_layers, "
+            f"or set {ALLOW_PYTHON_LAYERS_ENV}=1")
 
     def _where(self, layer_name: str) -> str:
         """``file:line`` of the layer named ``layer_name`` in the net's prototxt, for errors."""
@@ -522,6 +565,8 @@ class Net:
 
     def forward_from_to(self, start: int, end: int) -> float:
         """Forward layers start..end inclusive; returns the summed weighted loss."""
+        if not self.layers:  # every layer filtered out: nothing runs, as in Caffe
+            return 0.0
         if not 0 <= start <= end < len(self.layers):
             raise NetError(f"forward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
         before, after = self._before_forward, self._after_forward
@@ -545,6 +590,8 @@ class Net:
 
     def backward_from_to(self, start: int, end: int) -> None:
         """Backward layers start down to end inclusive (start >= end)."""
+        if not self.layers:
+            return
         if not 0 <= end <= start < len(self.layers):
             raise NetError(f"backward range [{start}, {end}] outside [0, {len(self.layers) - 1}]")
         before, after = self._before_backward, self._after_backward
@@ -737,42 +784,67 @@ class Net:
                         gdiff.create_dataset(str(pid), data=blob.cpu_diff())
 
     def load_hdf5(self, filename: str) -> None:
-        """Load weights from Caffe's HDF5 layout."""
+        """Load weights from Caffe's HDF5 layout.
+
+        Every dataset's declared shape is checked against its blob before it is read, and any
+        h5py failure (truncated or garbage file, wrong object kinds) becomes a ``NetError``
+        naming the file and the dataset.
+        """
         import h5py
 
         if not os.path.exists(filename):
             raise CaffeError(f"weights file not found: {filename!r}")
-        with h5py.File(filename, "r") as f:
-            if "data" not in f:
-                raise NetError(f"Error reading weights from {filename}: no /data group")
-            data = f["data"]
-            for name in data:
-                target_id = self.layer_names_index.get(name)
-                if target_id is None:
-                    log.info("Ignoring source layer %s", name)
-                    continue
-                group = data[name]
-                targets = self.layers[target_id].blobs
-                if len(group) > len(targets):
-                    raise NetError(f"Incompatible number of blobs for layer {name} in "
-                                   f"{filename}: {len(group)} datasets, {len(targets)} blobs")
-                for j, target in enumerate(targets):
-                    net_pid = self.param_id_vecs[target_id][j]
-                    if str(j) not in group:
-                        if self.param_owners[net_pid] != -1:
-                            continue
+        where = ""
+        try:
+            with h5py.File(filename, "r") as f:
+                data = f.get("data")
+                if not isinstance(data, h5py.Group):
+                    raise NetError(f"Error reading weights from {filename}: no /data group")
+                where = " (group /data)"
+                for name in data:
+                    target_id = self.layer_names_index.get(name)
+                    if target_id is None:
+                        log.info("Ignoring source layer %s", name)
+                        continue
+                    where = f" (layer '{name}')"
+                    group = data[name]
+                    if not isinstance(group, h5py.Group):
+                        raise NetError(f"Error reading weights from {filename}: /data/{name} "
+                                       f"is not a group")
+                    targets = self.layers[target_id].blobs
+                    if len(group) > len(targets):
                         raise NetError(f"Incompatible number of blobs for layer {name} in "
-                                       f"{filename}: dataset {j} missing")
-                    values = np.asarray(group[str(j)])
-                    if tuple(values.shape) != target.shape:
-                        raise NetError(
-                            f"Cannot copy param {j} weights from layer '{name}' in {filename}; "
-                            f"shape mismatch. Source param shape is "
-                            f"{' '.join(map(str, values.shape))} ({values.size}); target param "
-                            f"shape is {target.shape_string()}. To learn this layer's "
-                            f"parameters from scratch rather than copying from a saved net, "
-                            f"rename the layer.")
-                    target.data[...] = values
+                                       f"{filename}: {len(group)} datasets, {len(targets)} "
+                                       f"blobs")
+                    for j, target in enumerate(targets):
+                        net_pid = self.param_id_vecs[target_id][j]
+                        where = f" (dataset /data/{name}/{j})"
+                        dataset = group.get(str(j))
+                        if dataset is None:
+                            if self.param_owners[net_pid] != -1:
+                                continue
+                            raise NetError(f"Incompatible number of blobs for layer {name} in "
+                                           f"{filename}: dataset {j} missing")
+                        if not isinstance(dataset, h5py.Dataset) \
+                                or dataset.dtype.kind not in "fiub":
+                            raise NetError(f"Error reading weights from {filename}: "
+                                           f"/data/{name}/{j} is not a numeric dataset")
+                        shape = tuple(dataset.shape)
+                        if shape != target.shape:
+                            raise NetError(
+                                f"Cannot copy param {j} weights from layer '{name}' in "
+                                f"{filename}; shape mismatch. Source param shape is "
+                                f"{' '.join(map(str, shape))} ({dataset.size}); target "
+                                f"param shape is {target.shape_string()}. To learn this "
+                                f"layer's parameters from scratch rather than copying from a "
+                                f"saved net, rename the layer.")
+                        target.data[...] = dataset[()]
+                    where = " (group /data)"
+        except CaffeError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
+            raise NetError(f"Error reading weights from HDF5 file {filename}{where}: "
+                           f"{type(exc).__name__}: {exc}") from None
 
     # --- pycaffe surface -----------------------------------------------------------------------
     @property
@@ -875,7 +947,7 @@ class Net:
         else:
             end_ind = self._layer_index(end, "forward end")
             out_ids = list(self.top_id_vecs[end_ind])
-        if start_ind > end_ind:
+        if start_ind > end_ind and self.layers:
             raise NetError(f"forward: start layer {self._layer_names[start_ind]!r} (index "
                            f"{start_ind}) comes after end layer {self._layer_names[end_ind]!r} "
                            f"(index {end_ind})")
@@ -900,7 +972,7 @@ class Net:
         else:
             end_ind = self._layer_index(end, "backward end")
             out_ids = list(self.bottom_id_vecs[end_ind])
-        if start_ind < end_ind:
+        if start_ind < end_ind and self.layers:
             raise NetError(f"backward: start layer {self._layer_names[start_ind]!r} (index "
                            f"{start_ind}) comes before end layer {self._layer_names[end_ind]!r} "
                            f"(index {end_ind}); backward runs from start down to end")

@@ -34,7 +34,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from caffe.common import root_solver
-from caffe.errors import SolverError
+from caffe.errors import CaffeError, SolverError
 from caffe.proto import caffe_pb2
 from caffe.timer import Timer
 
@@ -66,7 +66,8 @@ def create_solver(param: caffe_pb2.SolverParameter, source: str | None = None) -
     known = solver_type_list()
     cls = _SOLVERS.get(param.type)
     if cls is None:
-        raise SolverError(f"Unknown solver type: {param.type!r} (known types: "
+        where = f"{source}: " if source else ""
+        raise SolverError(f"{where}Unknown solver type: {param.type!r} (known types: "
                           f"{', '.join(known)})")
     return cls(param, source=source)
 
@@ -141,7 +142,13 @@ class Solver:
         # iteration_timer_ / iterations_last_, which start at 0 and persist across steps).
         self.iteration_timer = Timer()
         self.iterations_last = 0
-        self.init(param)
+        try:
+            self.init(param)
+        except SolverError as exc:
+            # Errors in the solver's own fields name the solver file they came from.
+            if not source or source in str(exc):
+                raise
+            raise SolverError(f"{source}: {exc}") from None
 
     # --- construction ------------------------------------------------------------------------
     def init(self, param: caffe_pb2.SolverParameter) -> None:
@@ -475,7 +482,10 @@ class Solver:
                 log.info("Snapshotting to binary proto file %s", model_filename)
                 self.net.save(model_filename, self.param.snapshot_diff)
             self.snapshot_solver_state(model_filename)
-        except OSError as exc:
+        except CaffeError:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            # h5py reports write failures (a full disk) as RuntimeError as well as OSError.
             raise SolverError(f"Snapshot at iteration {self.iter} failed (prefix "
                               f"'{self.param.snapshot_prefix}'): {exc}") from exc
 

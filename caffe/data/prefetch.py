@@ -22,6 +22,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,22 @@ from caffe.layer import Layer
 
 logger = logging.getLogger("caffe")
 
-_decode_threads = max(1, int(os.environ.get("CAFFE_DATA_THREADS", "1") or 1))
+
+def _threads_from_environment() -> int:
+    """CAFFE_DATA_THREADS as a thread count (at least 1); a value that is not an integer falls
+    back to 1 with a warning rather than breaking ``import caffe``."""
+    value = os.environ.get("CAFFE_DATA_THREADS", "").strip()
+    if not value:
+        return 1
+    try:
+        return max(1, int(value))
+    except ValueError:
+        warnings.warn(f"CAFFE_DATA_THREADS={value!r} is not an integer; using 1 decode thread",
+                      RuntimeWarning, stacklevel=2)
+        return 1
+
+
+_decode_threads = _threads_from_environment()
 
 
 def set_decode_threads(count: int) -> None:

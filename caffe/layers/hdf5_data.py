@@ -30,9 +30,14 @@ logger = logging.getLogger("caffe")
 
 
 def read_hdf5_file_list(source: str) -> list[str]:
+    """The .h5 names listed in ``source``, whitespace separated.
+
+    Names are bytes to Caffe: they are decoded as the file system does (``os.fsdecode``), so a
+    list naming non-UTF-8 files works and a binary list fails on its first unopenable name.
+    """
     try:
-        with open(source, encoding="utf-8") as f:
-            names = f.read().split()
+        with open(source, "rb") as f:
+            names = [os.fsdecode(token) for token in f.read().split()]
     except OSError as exc:
         raise DataError(f"Failed to open source file {source!r}: {exc.strerror}") from None
     base = os.path.dirname(os.path.abspath(source))
@@ -45,33 +50,84 @@ def read_hdf5_file_list(source: str) -> list[str]:
     return resolved
 
 
-def load_hdf5_datasets(filename: str, names: Sequence[str], dtype) -> list[np.ndarray]:
-    """Read the named datasets of one file as arrays of ``dtype`` (float or integer data)."""
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_declared_size(filename: str, name: str, dataset) -> None:
+    """Refuse a dataset whose declared size the file cannot back, before allocating for it.
+
+    Only a plain contiguous dataset must store all its bytes in the file; chunked (compressed
+    or sparse), external and virtual ones are bounded by the machine's memory alone.
+    """
+    import h5py
+
+    nbytes = dataset.size * dataset.dtype.itemsize
+    if nbytes > _physical_memory():
+        raise DataError(f"HDF5 dataset {name!r} in {filename!r} declares shape "
+                        f"{list(dataset.shape)} ({nbytes} bytes), more than this machine's "
+                        f"memory")
+    plist = dataset.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.CONTIGUOUS and plist.get_external_count() == 0:
+        stored = dataset.id.get_storage_size()
+        if stored < nbytes:
+            raise DataError(f"HDF5 dataset {name!r} in {filename!r} declares shape "
+                            f"{list(dataset.shape)} ({nbytes} bytes) but the file stores "
+                            f"{stored} bytes of it")
+
+
+def load_hdf5_datasets(filename: str, names: Sequence[str], dtype,
+                       row_shapes: Sequence[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Read the named datasets of one file as arrays of ``dtype`` (float or integer data).
+
+    Shapes (and ``row_shapes``, the first file's, when given) are checked before any data is
+    read; h5py failures on a truncated or garbage file become ``DataError``s.
+    """
     import h5py
 
     try:
         f = h5py.File(filename, "r")
-    except OSError as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         raise DataError(f"Failed opening HDF5 file: {filename!r} ({exc})") from None
-    arrays = []
-    with f:
-        for name in names:
-            dataset = f.get(name)
-            if not isinstance(dataset, h5py.Dataset):
-                raise DataError(f"Failed to find HDF5 dataset {name!r} in {filename!r} "
-                                f"(it holds {sorted(f.keys())})")
-            if dataset.ndim < 1:
-                raise DataError(f"HDF5 dataset {name!r} in {filename!r} must have at least "
-                                f"1 axis")
-            if dataset.dtype.kind not in "fiub":
-                raise DataError(f"HDF5 dataset {name!r} in {filename!r}: unsupported datatype "
-                                f"{dataset.dtype}")
-            arrays.append(np.ascontiguousarray(dataset[()], dtype=dtype))
-    num = arrays[0].shape[0]
-    for name, array in zip(names, arrays):
-        if array.shape[0] != num:
-            raise DataError(f"HDF5 datasets in {filename!r} differ in their number of rows: "
-                            f"{names[0]!r} has {num}, {name!r} has {array.shape[0]}")
+    where = ""
+    try:
+        with f:
+            datasets = []
+            for name in names:
+                dataset = f.get(name)
+                if not isinstance(dataset, h5py.Dataset):
+                    raise DataError(f"Failed to find HDF5 dataset {name!r} in {filename!r} "
+                                    f"(it holds {sorted(f.keys())})")
+                if dataset.ndim < 1:
+                    raise DataError(f"HDF5 dataset {name!r} in {filename!r} must have at "
+                                    f"least 1 axis")
+                if dataset.dtype.kind not in "fiub":
+                    raise DataError(f"HDF5 dataset {name!r} in {filename!r}: unsupported "
+                                    f"datatype {dataset.dtype}")
+                datasets.append(dataset)
+            num = datasets[0].shape[0]
+            for i, (name, dataset) in enumerate(zip(names, datasets)):
+                if dataset.shape[0] != num:
+                    raise DataError(f"HDF5 datasets in {filename!r} differ in their number of "
+                                    f"rows: {names[0]!r} has {num}, {name!r} has "
+                                    f"{dataset.shape[0]}")
+                if row_shapes is not None and tuple(dataset.shape[1:]) != tuple(row_shapes[i]):
+                    raise DataError(f"dataset {name!r} in {filename!r} has rows of shape "
+                                    f"{list(dataset.shape[1:])}, the first file's have "
+                                    f"{list(row_shapes[i])}")
+                _check_declared_size(filename, name, dataset)
+            arrays = []
+            for name, dataset in zip(names, datasets):
+                where = f" (dataset {name!r})"
+                arrays.append(np.ascontiguousarray(dataset[()], dtype=dtype))
+    except DataError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, MemoryError) as exc:
+        raise DataError(f"Failed reading HDF5 file {filename!r}{where}: "
+                        f"{type(exc).__name__}: {exc}") from None
     return arrays
 
 
@@ -118,16 +174,10 @@ class HDF5DataLayer(Layer):
     def _load_file(self, filename: str) -> None:
         logger.debug("Loading HDF5 file: %s", filename)
         try:
-            self.hdf_blobs = load_hdf5_datasets(filename, self.top_names, self.np_dtype)
+            self.hdf_blobs = load_hdf5_datasets(filename, self.top_names, self.np_dtype,
+                                                getattr(self, "row_shapes", None))
         except DataError as exc:
             raise DataError(f"{self.type_name} layer {self.name!r}: {exc}") from None
-        shapes = getattr(self, "row_shapes", None)
-        if shapes is not None:
-            for name, array, shape in zip(self.top_names, self.hdf_blobs, shapes):
-                if array.shape[1:] != shape:
-                    raise DataError(f"{self.type_name} layer {self.name!r}: dataset {name!r} "
-                                    f"in {filename!r} has rows of shape {list(array.shape[1:])}"
-                                    f", the first file's have {list(shape)}")
         num = self.hdf_blobs[0].shape[0]
         self.data_permutation = (self.rng.permutation(num) if self.shuffle
                                  else np.arange(num))

@@ -99,6 +99,9 @@ def create_python_layer(param, dtype=None) -> Layer:
         raise LayerError(f"Python layer {param.name!r}: cannot import module {py.module!r} "
                          f"({exc}); is its folder on PYTHONPATH? sys.path = {sys.path[:4]}...") \
             from exc
+    except Exception as exc:  # a SyntaxError, or the module's own code raising at import
+        raise LayerError(f"Python layer {param.name!r}: importing module {py.module!r} failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
     cls = getattr(module, py.layer, None)
     if cls is None:
         raise LayerError(f"Python layer {param.name!r}: module {py.module!r} has no class "
@@ -106,6 +109,10 @@ def create_python_layer(param, dtype=None) -> Layer:
     if not (isinstance(cls, type) and issubclass(cls, PythonLayer)):
         raise LayerError(f"Python layer {param.name!r}: {py.module}.{py.layer} must be a class "
                          f"derived from caffe.Layer")
-    layer = cls(param) if dtype is None else cls(param, dtype)
+    try:
+        layer = cls(param) if dtype is None else cls(param, dtype)
+    except Exception as exc:
+        raise LayerError(f"Python layer {param.name!r}: {py.module}.{py.layer}.__init__ raised "
+                         f"{type(exc).__name__}: {exc}") from exc
     layer.type_name = "Python"
     return layer

@@ -32,6 +32,50 @@ LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 REGULARIZATION_TYPES = ("L2", "L1")
 
 
+# Rates are computed as C++ Caffe's float arithmetic computes them: an overflow gives inf and a
+# fractional power of a negative number nan, where Python would raise or go complex.
+def c_pow(base: float, exponent: float) -> float:
+    """``base ** exponent`` as C's pow (bit for bit where both are defined): +-inf on overflow,
+    inf for 0 to a negative power, nan for a negative base to a fractional power."""
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        odd = float(exponent).is_integer() and int(exponent) % 2 == 1
+        return -math.inf if base < 0 and odd else math.inf
+    except ValueError:
+        return math.inf if base == 0 else math.nan
+
+
+def c_exp(x: float) -> float:
+    """``exp(x)`` as C's: inf on overflow."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def c_sqrt(x: float) -> float:
+    """``sqrt(x)`` as C's: nan for a negative x."""
+    return math.sqrt(x) if x >= 0 else math.nan
+
+
+def c_div(numerator: float, denominator: float) -> float:
+    """``numerator / denominator`` as IEEE float division: +-inf or nan for a zero divisor."""
+    if denominator:
+        return numerator / denominator
+    if numerator == 0 or math.isnan(numerator):
+        return math.nan
+    return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
+
+
+def torch_scalar(value: float, dtype: torch.dtype) -> float:
+    """``value`` as a scalar torch takes for ``dtype`` tensors: out of the type's range it is
+    +-inf (as in C++ Caffe's Dtype arithmetic), where torch would refuse it."""
+    if math.isfinite(value) and abs(value) > torch.finfo(dtype).max:
+        return math.copysign(math.inf, value)
+    return value
+
+
 def update_mean_square(mean: torch.Tensor, g: torch.Tensor, buffer: torch.Tensor,
                        decay: float) -> None:
     """mean <- decay * mean + (1 - decay) * g^2 (``buffer`` receives g^2)."""
@@ -113,20 +157,20 @@ class SGDSolver(Solver):
             return p.base_lr
         if policy == "step":
             self.current_step = it // p.stepsize
-            return p.base_lr * p.gamma ** self.current_step
+            return p.base_lr * c_pow(p.gamma, self.current_step)
         if policy == "exp":
-            return p.base_lr * p.gamma ** it
+            return p.base_lr * c_pow(p.gamma, it)
         if policy == "inv":
-            return p.base_lr * (1.0 + p.gamma * it) ** (-p.power)
+            return p.base_lr * c_pow(1.0 + p.gamma * it, -p.power)
         if policy == "multistep":
             if self.current_step < len(p.stepvalue) and it >= p.stepvalue[self.current_step]:
                 self.current_step += 1
                 log.info("MultiStep Status: Iteration %d, step = %d", it, self.current_step)
-            return p.base_lr * p.gamma ** self.current_step
+            return p.base_lr * c_pow(p.gamma, self.current_step)
         if policy == "poly":
-            return p.base_lr * (1.0 - it / p.max_iter) ** p.power
+            return p.base_lr * c_pow(1.0 - it / p.max_iter, p.power)
         if policy == "sigmoid":
-            return p.base_lr / (1.0 + math.exp(-p.gamma * (it - p.stepsize)))
+            return p.base_lr / (1.0 + c_exp(-p.gamma * (it - p.stepsize)))
         raise SolverError(f"Unknown learning rate policy: {policy!r} (set lr_policy to one of "
                           f"{', '.join(LR_POLICIES)})")
 
@@ -137,7 +181,9 @@ class SGDSolver(Solver):
         p = self.param
         rate = self.get_learning_rate()
         if p.display and self.iter % p.display == 0 and common.root_solver():
-            log.info("Iteration %d, lr = %s", self.iter, f"{float(np.float32(rate)):g}")
+            with np.errstate(over="ignore"):  # a rate beyond float range shows as inf
+                shown = float(np.float32(rate))
+            log.info("Iteration %d, lr = %s", self.iter, f"{shown:g}")
         self.clip_gradients()
         for param_id, blob in enumerate(self.net.learnable_params):
             self.normalize(param_id)
@@ -175,6 +221,7 @@ class SGDSolver(Solver):
         local_decay = self.param.weight_decay * self.net.params_weight_decay[param_id]
         if not local_decay or not blob.count:
             return
+        local_decay = torch_scalar(local_decay, blob.dtype)
         diff = blob.mutable_device_diff()
         if self.param.regularization_type == "L2":
             diff.add_(blob.device_data(), alpha=local_decay)
@@ -184,7 +231,9 @@ class SGDSolver(Solver):
             diff.add_(sign, alpha=local_decay)
 
     def local_rate(self, param_id: int, rate: float) -> float:
-        return rate * self.net.params_lr[param_id]
+        """rate * lr_mult, as a scalar torch takes for the parameter's dtype."""
+        return torch_scalar(rate * self.net.params_lr[param_id],
+                            self.net.learnable_params[param_id].dtype)
 
     def compute_update_value(self, param_id: int, rate: float) -> None:
         """Turn the (non-empty) parameter's diff into the step that ``Net.update`` subtracts."""
@@ -229,13 +278,21 @@ class SGDSolver(Solver):
 
         filename = self.snapshot_filename(".solverstate.h5")
         log.info("Snapshotting solver state to HDF5 file %s", filename)
-        with atomic_output(filename) as tmp, h5py.File(tmp, "w") as f:
-            f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
-            f.create_dataset("learned_net", data=np.bytes_(model_filename.encode("utf-8")))
-            f.create_dataset("current_step", data=np.array([self.current_step], dtype=np.int32))
-            group = f.create_group("history")
-            for i, blob in enumerate(self.history):
-                group.create_dataset(str(i), data=blob.cpu_data())
+        try:
+            with atomic_output(filename) as tmp, h5py.File(tmp, "w") as f:
+                f.create_dataset("iter", data=np.array([self.iter], dtype=np.int32))
+                f.create_dataset("learned_net", data=np.bytes_(model_filename.encode("utf-8")))
+                f.create_dataset("current_step",
+                                 data=np.array([self.current_step], dtype=np.int32))
+                group = f.create_group("history")
+                for i, blob in enumerate(self.history):
+                    group.create_dataset(str(i), data=blob.cpu_data())
+        except CaffeError:
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            # h5py reports a full disk as a RuntimeError or OSError raised from its flush/close.
+            raise SolverError(f"Failed to write solver state to HDF5 file {filename}: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
     def _check_history(self, state_file: str, shapes: list[tuple[int, ...]]) -> None:
         if len(shapes) != len(self.history):
@@ -248,6 +305,28 @@ class SGDSolver(Solver):
                 raise SolverError(f"{state_file}: history blob {i} ({self._param_label(i)}) has "
                                   f"shape {list(shape)} but the net's parameter has shape "
                                   f"{list(blob.shape)}; the snapshot is from a different net")
+
+    @staticmethod
+    def _check_counters(state_file: str, iteration: int, current_step: int) -> None:
+        """A solver state's iter and current_step count iterations and steps: never negative."""
+        if iteration < 0:
+            raise SolverError(f"{state_file}: solver state iter is {iteration}; it counts the "
+                              f"iterations done and cannot be negative")
+        if current_step < 0:
+            raise SolverError(f"{state_file}: solver state current_step is {current_step}; it "
+                              f"counts learning rate steps and cannot be negative")
+
+    @staticmethod
+    def _decode_learned_net(state_file: str, learned_net: str | bytes) -> str:
+        """The weights file name a solver state holds, which must be UTF-8 text."""
+        if isinstance(learned_net, str):
+            return learned_net
+        try:
+            return learned_net.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = learned_net[:40] + (b"..." if len(learned_net) > 40 else b"")
+            raise SolverError(f"{state_file}: solver state learned_net is not a UTF-8 file name "
+                              f"({shown!r})") from None
 
     def _copy_learned_net(self, state_file: str, learned_net: str) -> None:
         path = self._learned_net_path(learned_net, state_file)
@@ -264,9 +343,11 @@ class SGDSolver(Solver):
         from caffe.protoio import read_binary_proto
 
         state = read_binary_proto(state_file, caffe_pb2.SolverState(), "solver state")
+        self._check_counters(state_file, state.iter, state.current_step)
         self._check_history(state_file, [tuple(proto_shape(h)) for h in state.history])
         if state.HasField("learned_net"):
-            self._copy_learned_net(state_file, state.learned_net)
+            learned_net = self._decode_learned_net(state_file, state.learned_net)
+            self._copy_learned_net(state_file, learned_net)
         self.iter = state.iter
         self.current_step = state.current_step
         log.info("SGDSolver: restoring history")
@@ -274,32 +355,56 @@ class SGDSolver(Solver):
             blob.from_proto(proto, reshape=False)
 
     def restore_solver_state_from_hdf5(self, state_file: str) -> None:
+        """Resume from a .solverstate.h5: history shapes are checked before any data is read,
+        and every h5py failure becomes a ``SolverError`` naming the file and the dataset."""
         import h5py
 
         try:
             f = h5py.File(state_file, "r")
-        except OSError as exc:
+        except (OSError, ValueError, RuntimeError) as exc:
             raise SolverError(f"Couldn't open solver state file {state_file}: {exc}") from None
-        with f:
-            for key in ("iter", "current_step", "history"):
-                if key not in f:
-                    raise SolverError(f"{state_file}: not a solver state: no '{key}' in the "
-                                      f"HDF5 file")
-            group = f["history"]
-            arrays = []
-            for i in range(len(group)):
-                if str(i) not in group:
-                    raise SolverError(f"{state_file}: history dataset '{i}' is missing")
-                arrays.append(np.asarray(group[str(i)]))
-            self._check_history(state_file, [a.shape for a in arrays])
-            if "learned_net" in f:
-                learned_net = f["learned_net"][()]
-                if isinstance(learned_net, np.ndarray):
-                    learned_net = learned_net.reshape(-1)[0]
-                if isinstance(learned_net, bytes):
-                    learned_net = learned_net.decode("utf-8")
-                self._copy_learned_net(state_file, str(learned_net))
-            self.iter = int(np.asarray(f["iter"]).reshape(-1)[0])
-            self.current_step = int(np.asarray(f["current_step"]).reshape(-1)[0])
+        where = ""
+        try:
+            with f:
+                for key in ("iter", "current_step", "history"):
+                    if key not in f:
+                        raise SolverError(f"{state_file}: not a solver state: no '{key}' in the "
+                                          f"HDF5 file")
+                group = f["history"]
+                if not isinstance(group, h5py.Group):
+                    raise SolverError(f"{state_file}: 'history' is not an HDF5 group")
+                datasets = []
+                for i in range(len(group)):
+                    dataset = group.get(str(i))
+                    if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "fiub":
+                        raise SolverError(f"{state_file}: history dataset '{i}' is missing or "
+                                          f"not numeric")
+                    datasets.append(dataset)
+                self._check_history(state_file, [d.shape for d in datasets])
+                arrays = []
+                for i, dataset in enumerate(datasets):
+                    where = f" (dataset 'history/{i}')"
+                    arrays.append(dataset[()])
+                where = " (dataset 'iter')"
+                iteration = int(np.asarray(f["iter"]).reshape(-1)[0])
+                where = " (dataset 'current_step')"
+                current_step = int(np.asarray(f["current_step"]).reshape(-1)[0])
+                if "learned_net" in f:
+                    where = " (dataset 'learned_net')"
+                    learned_net = f["learned_net"][()]
+                    if isinstance(learned_net, np.ndarray):
+                        learned_net = learned_net.reshape(-1)[0]
+                    if isinstance(learned_net, bytes):
+                        learned_net = learned_net.decode("utf-8")
+                    self._copy_learned_net(state_file, str(learned_net))
+        except CaffeError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, IndexError, OverflowError,
+                RuntimeError, UnicodeDecodeError) as exc:
+            raise SolverError(f"Error reading solver state from HDF5 file {state_file}{where}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        self._check_counters(state_file, iteration, current_step)
+        self.iter = iteration
+        self.current_step = current_step
         for blob, values in zip(self.history, arrays):
             blob.data[...] = values

@@ -24,16 +24,20 @@ flags, the parsing of ``-gpu``, ``-phase``, ``-stage`` and ``-iterations``, and 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
 
 from caffe import common
 from caffe.errors import CaffeError
+from caffe.net import ALLOW_PYTHON_LAYERS_ENV, python_layers_allowed
 from caffe.proto import caffe_pb2
 from caffe.solver import Solver, SolverAction, create_solver
 from caffe.tools.flags import FlagSet
@@ -53,13 +57,14 @@ BREW_COMMANDS = {
               "caffe train -solver solver.prototxt [-weights w.caffemodel[,w2.caffemodel] | "
               "-snapshot s.solverstate] [flags]",
               ("solver", "snapshot", "weights", "gpu", "cpu_workers", "level", "stage",
-               "sigint_effect", "sighup_effect")),
+               "sigint_effect", "sighup_effect", "allow_python_layers")),
     "test": ("score a model",
              "caffe test -model net.prototxt -weights w.caffemodel [-iterations N] [flags]",
-             ("model", "weights", "gpu", "iterations", "phase", "level", "stage")),
+             ("model", "weights", "gpu", "iterations", "phase", "level", "stage",
+              "allow_python_layers")),
     "time": ("benchmark model execution time",
              "caffe time -model net.prototxt [-iterations N] [flags]",
-             ("model", "gpu", "iterations", "phase", "level", "stage")),
+             ("model", "gpu", "iterations", "phase", "level", "stage", "allow_python_layers")),
     "device_query": ("show GPU diagnostic information", "caffe device_query -gpu ID[,ID...]",
                      ("gpu",)),
 }
@@ -90,6 +95,11 @@ def brew_flags(command: str) -> FlagSet:
                                           "received: snapshot, stop or none.")
     flags.define("sighup_effect", "snapshot", "Optional; action to take when a SIGHUP signal is "
                                               "received: snapshot, stop or none.")
+    flags.define("allow_python_layers", python_layers_allowed(None),
+                 "Optional (caffepy); load the net's Python layers, which imports and runs "
+                 "the modules the prototxt names. Give -noallow_python_layers (or set "
+                 f"{ALLOW_PYTHON_LAYERS_ENV}=0, which makes it the default) for models you "
+                 "did not write.")
     if command == "train":
         flags.define("cpu_workers", 0, "Optional (caffepy; Caffe has no such flag); train with "
                                        "N solver processes on the CPU, each reading its own "
@@ -158,7 +168,8 @@ def net_from_flags(flags: dict[str, object], default_phase: int) -> Net:
 
     from caffe.net import Net
 
-    return Net(flags["model"], phase, level=flags["level"], stages=stages)
+    return Net(flags["model"], phase, level=flags["level"], stages=stages,
+               allow_python_layers=flags["allow_python_layers"])
 
 
 def use_devices(gpus: list[int]) -> None:
@@ -294,6 +305,26 @@ def copy_layers(solver: Solver, model_list: str) -> None:
 
 def main(argv: list[str]) -> int:
     flags = parse_flags(COMMAND, argv)
+    # The solver builds its nets (in worker processes too) from the environment's setting.
+    with _environment(ALLOW_PYTHON_LAYERS_ENV, "1" if flags["allow_python_layers"] else "0"):
+        return _train(flags)
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set the environment variable ``name`` inside the block only."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _train(flags: dict[str, object]) -> int:
     if not flags["solver"]:
         raise CaffeError("Need a solver definition to train (-solver solver.prototxt).")
     if flags["snapshot"] and flags["weights"]:
