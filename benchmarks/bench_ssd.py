@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ import torch
 from google.protobuf import text_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_roi_pooling import timed  # noqa: E402
 
 import caffe  # noqa: E402
 from caffe.blob import Blob  # noqa: E402
@@ -65,16 +66,6 @@ def ssd300_priors() -> np.ndarray:
         layer.Forward(bottom, top)
         parts.append(top[0].data.copy())
     return np.concatenate(parts, axis=2)
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
 
 
 def main(argv=None) -> int:
