@@ -63,6 +63,10 @@ def read_binary_proto(path: str | os.PathLike, message: Message, what: str = "bi
     except DecodeError as exc:
         raise ProtoError(f"{os.fspath(path)}: cannot parse {message.DESCRIPTOR.name} from "
                          f"binary file ({exc}); is it a {what}?") from None
+    except UnicodeDecodeError as exc:
+        # protobuf's pure-Python backend checks string fields while parsing (upb does not)
+        raise ProtoError(f"{os.fspath(path)}: cannot parse {message.DESCRIPTOR.name}: a string "
+                         f"field is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     return message
 
 
@@ -72,7 +76,7 @@ def read_proto(path: str | os.PathLike, message: Message, what: str = "proto") -
     try:
         message.ParseFromString(data)
         return message
-    except DecodeError:
+    except (DecodeError, UnicodeDecodeError):  # the pure-Python backend checks strings
         message.Clear()
     return read_text_proto(path, message, what)
 

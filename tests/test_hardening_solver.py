@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import caffe
-from caffe.errors import SolverError
+from caffe.errors import CaffeError, SolverError
 from caffe.proto import caffe_pb2
 from caffe.solver import get_solver
 
@@ -125,7 +125,9 @@ def test_restore_refuses_learned_net_that_is_not_utf8(tmp_path):
     state.ClearField("learned_net")
     # learned_net is field 2 (a string): append it with bytes that are not UTF-8.
     path.write_bytes(state.SerializeToString() + b"\x12\x03\xff\xfeA")
-    with pytest.raises(SolverError, match=rf"{path}: solver state learned_net is not a UTF-8"):
+    # upb hands the bytes to the solver, which names the field; protobuf's pure-Python backend
+    # refuses the string while parsing: either way a caffe error naming the file says UTF-8
+    with pytest.raises(CaffeError, match=rf"{path}: .*(learned_net is not a UTF-8|not UTF-8)"):
         solver.restore(str(path))
 
 
