@@ -17,18 +17,11 @@ from caffe.log import _user_name
 from caffe.tools import cli
 from caffe.tools.parse_log import parse_lines
 
+from solver_case import TINY_NET as NET
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] (.*)$", re.M)
 
-NET = """
-name: 'tiny'
-layer { name: 'data' type: 'DummyData' top: 'data' top: 'label'
-  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
-    data_filler { type: 'gaussian' std: 1 } data_filler { type: 'constant' value: 1 } } }
-layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip'
-  inner_product_param { num_output: 2 weight_filler { type: 'gaussian' std: 0.1 } } }
-layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
-"""
 
 
 def caffe_module(*args, cwd, env_extra=None):

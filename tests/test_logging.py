@@ -21,20 +21,13 @@ import caffe
 from caffe.log import GlogFormatter, _user_name
 from caffe.tools.parse_log import parse_lines
 
+from solver_case import TINY_NET as NET
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOG = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ "
                   r"(?P<file>[\w.<>]+):(?P<line>\d+)\] (?P<msg>.*)$")
 ITERATION = re.compile(r"Iteration (\d+) \((\S+) iter/s, (\S+)s/(\d+) iters\), loss = (\S+)")
 
-NET = """
-name: 'tiny'
-layer { name: 'data' type: 'DummyData' top: 'data' top: 'label'
-  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 }
-    data_filler { type: 'gaussian' std: 1 } data_filler { type: 'constant' value: 1 } } }
-layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip'
-  inner_product_param { num_output: 2 weight_filler { type: 'gaussian' std: 0.1 } } }
-layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label' top: 'loss' }
-"""
 
 
 def glog_lines(text: str) -> list[re.Match]:

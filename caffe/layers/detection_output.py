@@ -103,6 +103,22 @@ def _detect_adaptive(boxes, conf, classes, *, share_location, confidence_thresho
     return torch.cat(rows)
 
 
+def check_predictions(layer: Layer, loc, conf, prior, loc_classes: int, num_classes: int) -> int:
+    """The number of priors P of a PriorBox top (1, 2, P*4), checked against the location
+    (N, P*loc_classes*4) and confidence (N, P*num_classes) predictions of an SSD head."""
+    layer.check(prior.num_axes in (3, 4) and prior.shape[1] == 2,
+                f"prior bottom must be (1, 2, P*4) as PriorBox writes it (shape "
+                f"{list(prior.shape)})")
+    num_priors = prior.height // 4
+    layer.check(loc.count_range(1) == num_priors * loc_classes * 4,
+                f"Number of priors must match number of location predictions (loc shape "
+                f"{list(loc.shape)}, {num_priors} priors, {loc_classes} location class(es))")
+    layer.check(conf.count_range(1) == num_priors * num_classes,
+                f"Number of priors must match number of confidence predictions (conf shape "
+                f"{list(conf.shape)}, {num_priors} priors, {num_classes} classes)")
+    return num_priors
+
+
 @register("DetectionOutput")
 class DetectionOutputLayer(Layer):
     """Caffe type ``DetectionOutput`` of the SSD fork (weiliu89/caffe ``ssd``); reads
@@ -162,17 +178,8 @@ class DetectionOutputLayer(Layer):
         loc, conf, prior = bottom
         self.check(loc.shape[0] == conf.shape[0], f"loc and conf need the same number of "
                    f"images (shapes {list(loc.shape)} and {list(conf.shape)})")
-        self.check(prior.num_axes in (3, 4) and prior.shape[1] == 2,
-                   f"prior bottom must be (1, 2, P*4) as PriorBox writes it (shape "
-                   f"{list(prior.shape)})")
-        self.num_priors = prior.height // 4
-        self.check(loc.count_range(1) == self.num_priors * self.num_loc_classes * 4,
-                   f"Number of priors must match number of location predictions (loc shape "
-                   f"{list(loc.shape)}, {self.num_priors} priors, {self.num_loc_classes} "
-                   f"location class(es))")
-        self.check(conf.count_range(1) == self.num_priors * self.num_classes,
-                   f"Number of priors must match number of confidence predictions (conf shape "
-                   f"{list(conf.shape)}, {self.num_priors} priors, {self.num_classes} classes)")
+        self.num_priors = check_predictions(self, loc, conf, prior, self.num_loc_classes,
+                                            self.num_classes)
         top[0].reshape([1, 1, 1, 7])
 
     def forward(self, bottom, top):

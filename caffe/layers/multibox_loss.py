@@ -8,6 +8,7 @@ import torch
 
 from caffe import bbox_util
 from caffe.layer import LossLayer, register
+from caffe.layers.detection_output import check_predictions
 from caffe.layers.loss import BATCH_SIZE, FLT_MIN, FULL, VALID, normalization_mode
 from caffe.proto import caffe_pb2
 from caffe.proto.floats import float_field
@@ -106,17 +107,8 @@ class MultiBoxLossLayer(LossLayer):
     def reshape(self, bottom, top):
         super().reshape(bottom, top)
         loc, conf, prior, gt = bottom
-        self.check(prior.num_axes in (3, 4) and prior.shape[1] == 2,
-                   f"prior bottom must be (1, 2, P*4) as PriorBox writes it (shape "
-                   f"{list(prior.shape)})")
-        self.num_priors = prior.height // 4
-        self.check(loc.count_range(1) == self.num_priors * self.loc_classes * 4,
-                   f"Number of priors must match number of location predictions (loc shape "
-                   f"{list(loc.shape)}, {self.num_priors} priors, {self.loc_classes} "
-                   f"location class(es))")
-        self.check(conf.count_range(1) == self.num_priors * self.num_classes,
-                   f"Number of priors must match number of confidence predictions (conf shape "
-                   f"{list(conf.shape)}, {self.num_priors} priors, {self.num_classes} classes)")
+        self.num_priors = check_predictions(self, loc, conf, prior, self.loc_classes,
+                                            self.num_classes)
         self.num_gt = gt.height
         self.check(gt.num_axes == 4 and gt.count == self.num_gt * 8,
                    f"ground truth must be (1, 1, G, 8) (shape {list(gt.shape)})")
