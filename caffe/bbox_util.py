@@ -371,3 +371,91 @@ def nms_pixels(boxes: torch.Tensor, threshold: float, block: int = 1024) -> torc
         suppresses = (pixel_iou(cand, cand) > threshold) & alive[:, None]
         keep[start:start + block] = _greedy_fixed_point(suppresses) & alive
     return torch.nonzero(keep).reshape(-1)
+
+
+# --- NormalizedBBox geometry of the data pipeline (numpy float32) ------------------------------
+# SSD's sampler and DataTransformer work on boxes one NormalizedBBox at a time in float; these
+# are the same formulas, in the same operation order, over float32 arrays (..., 4), broadcast.
+# Box sizes are always computed from the corners (the fork's cached ``size`` field, where set,
+# holds the same value).
+
+def np_box_size(boxes: np.ndarray) -> np.ndarray:
+    """BBoxSize (normalized): width * height, 0 for an inverted box."""
+    width = boxes[..., 2] - boxes[..., 0]
+    height = boxes[..., 3] - boxes[..., 1]
+    return np.where((width < 0) | (height < 0), np.float32(0), width * height)
+
+
+def np_intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IntersectBBox: the common box of ``a`` and ``b``, or [0, 0, 0, 0] when they are apart."""
+    apart = ((b[..., 0] > a[..., 2]) | (b[..., 2] < a[..., 0])
+             | (b[..., 1] > a[..., 3]) | (b[..., 3] < a[..., 1]))
+    inter = np.concatenate([np.maximum(a[..., :2], b[..., :2]),
+                            np.minimum(a[..., 2:], b[..., 2:])], axis=-1)
+    return np.where(apart[..., None], np.float32(0), inter)
+
+
+def np_jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """JaccardOverlap (normalized) of ``a`` and ``b`` elementwise."""
+    inter = np_intersect(a, b)
+    width = inter[..., 2] - inter[..., 0]
+    height = inter[..., 3] - inter[..., 1]
+    size = width * height
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = size / (np_box_size(a) + np_box_size(b) - size)
+    return np.where((width > 0) & (height > 0), ratio, np.float32(0)).astype(np.float32)
+
+
+def np_coverage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """BBoxCoverage: the part of ``a``'s area that ``b`` covers, elementwise."""
+    size = np_box_size(np_intersect(a, b))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = size / np_box_size(a)
+    return np.where(size > 0, ratio, np.float32(0)).astype(np.float32)
+
+
+def np_clip(boxes: np.ndarray) -> np.ndarray:
+    """ClipBBox: every coordinate into [0, 1]."""
+    return np.clip(boxes, np.float32(0), np.float32(1)).astype(np.float32)
+
+
+def np_locate(src: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """LocateBBox: ``boxes`` given relative to ``src`` in the coordinates ``src`` lives in."""
+    width = src[..., 2:3] - src[..., 0:1]
+    height = src[..., 3:4] - src[..., 1:2]
+    scale = np.concatenate([width, height, width, height], axis=-1)
+    return (np.concatenate([src[..., :2], src[..., :2]], axis=-1) + boxes * scale
+            ).astype(np.float32)
+
+
+def np_project(src: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ProjectBBox: ``boxes`` in the coordinates of the window ``src``, clipped to [0, 1], and
+    the mask of those that overlap the window and keep a positive area."""
+    overlaps = ~((boxes[..., 0] >= src[..., 2]) | (boxes[..., 2] <= src[..., 0])
+                 | (boxes[..., 1] >= src[..., 3]) | (boxes[..., 3] <= src[..., 1]))
+    width = src[..., 2:3] - src[..., 0:1]
+    height = src[..., 3:4] - src[..., 1:2]
+    origin = np.concatenate([src[..., :2], src[..., :2]], axis=-1)
+    scale = np.concatenate([width, height, width, height], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        projected = np_clip((boxes - origin) / scale)
+    return projected, overlaps & (np_box_size(projected) > 0)
+
+
+EMIT_CENTER = 0
+EMIT_MIN_OVERLAP = 1
+
+
+def np_meet_emit_constraint(src: np.ndarray, boxes: np.ndarray, emit_type: int,
+                            emit_overlap: float) -> np.ndarray:
+    """MeetEmitConstraint: CENTER keeps boxes whose centre lies in the window ``src`` (edges
+    included); MIN_OVERLAP those whose area the window covers by more than ``emit_overlap``."""
+    if emit_type == EMIT_CENTER:
+        two = np.float32(2)
+        x_center = (boxes[..., 0] + boxes[..., 2]) / two
+        y_center = (boxes[..., 1] + boxes[..., 3]) / two
+        return ((x_center >= src[..., 0]) & (x_center <= src[..., 2])
+                & (y_center >= src[..., 1]) & (y_center <= src[..., 3]))
+    if emit_type == EMIT_MIN_OVERLAP:
+        return np_coverage(boxes, np.broadcast_to(src, boxes.shape)) > np.float32(emit_overlap)
+    raise ValueError(f"Unknown emit type {emit_type}")

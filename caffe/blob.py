@@ -12,6 +12,7 @@ from caffe.errors import CaffeError
 from caffe.syncedmem import SyncedMemory
 
 MAX_BLOB_AXES = 32
+INT_MAX = 2**31 - 1
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -25,6 +26,7 @@ class Blob:
     def __init__(self, shape: Sequence[int] | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         self.dtype = dtype
+        self.name = ""  # the net's name for this blob, for errors (set by Net)
         self._shape: list[int] = []
         self._count = 0
         self._capacity = 0
@@ -49,6 +51,10 @@ class Blob:
         for d in dims:
             if d < 0:
                 raise CaffeError(f"Blob: negative dimension in shape {dims}")
+            if d and count > INT_MAX // d:
+                # As Caffe's Blob::Reshape: counts are int there, so no blob may exceed INT_MAX.
+                raise CaffeError(f"Blob{f' {self.name!r}' if self.name else ''}: blob size "
+                                 f"exceeds INT_MAX ({INT_MAX}): shape {dims}")
             count *= d
         if dims == self._shape and count == self._count:
             return  # the common case before every forward: nothing to do
@@ -297,13 +303,14 @@ class Blob:
             raise CaffeError(f"from_proto: blob shape {self.shape_string()} does not match "
                              f"proto shape {shape}")
         np_dtype = _NP_DTYPES[self.dtype]
+        stored = len(proto.double_data) or len(proto.data)
+        if stored != self._count:  # checked before the blob's memory is touched
+            raise CaffeError(f"from_proto: {stored} values for a blob of shape "
+                             f"{self.shape_string()}")
         if len(proto.double_data):
             values = np.asarray(proto.double_data, dtype=np.float64)
         else:
             values = np.asarray(proto.data, dtype=np.float32)
-        if values.size != self._count:
-            raise CaffeError(f"from_proto: {values.size} values for a blob of shape "
-                             f"{self.shape_string()}")
         self.mutable_cpu_data()[...] = values.astype(np_dtype).reshape(self._shape)
         diff = proto.double_diff if len(proto.double_diff) else proto.diff
         if len(diff):

@@ -22,7 +22,7 @@ class _State(threading.local):
 
 
 _state = _State()
-_solver = {"count": 1, "rank": 0, "multiprocess": False}
+_solver = {"count": 1, "rank": 0, "multiprocess": False, "parallel_test": False}
 
 
 def set_mode_cpu() -> None:
@@ -111,6 +111,44 @@ def set_multiprocess(multiprocess: bool) -> None:
 
 def multiprocess() -> bool:
     return _solver["multiprocess"]
+
+
+def set_parallel_test(parallel: bool) -> None:
+    """caffepy: every solver scores its share of the test batches, so TEST-phase data layers
+    shard by rank too (by default only TRAIN shards, and the root tests alone)."""
+    _solver["parallel_test"] = bool(parallel)
+
+
+def parallel_test() -> bool:
+    return _solver.get("parallel_test", False)
+
+
+def shard(phase: int) -> tuple[int, int]:
+    """(solver_count, solver_rank) a data layer of ``phase`` shards its source by: the
+    solvers' in TRAIN (and in TEST with the parallel test), else (1, 0)."""
+    from caffe.proto import caffe_pb2
+
+    if phase == caffe_pb2.TRAIN or _solver.get("parallel_test", False):
+        return _solver["count"], _solver["rank"]
+    return 1, 0
+
+
+def shared_numpy_rng(name: str) -> np.random.Generator:
+    """A generator that draws the same numbers on every solver of a multi-process run (the
+    solver's random_seed, without the rank; a fixed seed when none is set), for permutations
+    that the ranks then slice; ``name`` (the layer's) keeps two layers' streams apart. With one
+    solver, the ordinary seeded stream (:func:`numpy_rng`)."""
+    if _solver["count"] <= 1:
+        return numpy_rng()
+    import zlib
+
+    seed = _solver.get("shared_seed")
+    return np.random.default_rng([0 if seed is None else int(seed), zlib.crc32(name.encode())])
+
+
+def set_shared_seed(seed: int | None) -> None:
+    """The seed of :func:`shared_numpy_rng` (the Solver sets its random_seed)."""
+    _solver["shared_seed"] = seed
 
 
 def root_solver() -> bool:

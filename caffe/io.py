@@ -5,6 +5,9 @@
 - ``Transformer``: per-input preprocessing of HxWxK images into KxHxW net inputs
   (resize, transpose, channel swap, raw scale, mean, input scale) and its inverse;
 - ``load_image`` (float32 in [0, 1], RGB, HxWx3 or HxWx1), ``resize_image``, ``oversample``.
+- SSD detection data (from ``caffe.data.annotation``): ``read_label_map``, ``write_label_map``,
+  ``label_file_to_label_map``, ``name_to_label``, ``label_to_name``, ``label_to_display_name``,
+  ``read_rich_image_to_annotated_datum``, ``annotated_datum_to_array``.
 
 Same names, arguments, checks and messages as pycaffe. Images are read with Pillow (pycaffe used
 scikit-image); grey conversion uses scikit-image's weights (0.2125 R + 0.7154 G + 0.0721 B).
@@ -18,6 +21,16 @@ import math
 
 import numpy as np
 
+from caffe.data.annotation import (  # noqa: F401 - the SSD fork's annotation helpers
+    annotated_datum_to_array,
+    label_file_to_label_map,
+    label_to_display_name,
+    label_to_name,
+    name_to_label,
+    read_label_map,
+    read_rich_image_to_annotated_datum,
+    write_label_map,
+)
 from caffe.errors import CaffeError
 from caffe.proto import caffe_pb2
 

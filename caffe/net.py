@@ -170,14 +170,18 @@ class Net:
     ``Net(prototxt, phase)``, ``Net(prototxt, weights, phase)`` or
     ``Net(prototxt, phase, level=0, stages=[...], weights=...)``; ``prototxt`` may also be a
     NetParameter. ``allow_python_layers=False`` (or ``CAFFE_ALLOW_PYTHON_LAYERS=0`` when it is
-    None) refuses a net with Python layers before their modules are imported.
+    None) refuses a net with Python layers before their modules are imported, and keeps the
+    files its layers read and write inside ``file_root`` (default: the prototxt's folder; see
+    caffe.untrusted).
     """
 
     def __init__(self, network_file, *args, level: int = 0, stages: Sequence[str] = (),
                  weights: str | None = None, phase: int | None = None,
                  dtype: torch.dtype = torch.float32,
-                 allow_python_layers: bool | None = None) -> None:
+                 allow_python_layers: bool | None = None,
+                 file_root: str | os.PathLike | None = None) -> None:
         self.allow_python_layers = python_layers_allowed(allow_python_layers)
+        self._file_root_arg = file_root
         args = list(args)
         if args and isinstance(args[0], (str, os.PathLike)):
             weights = args.pop(0)
@@ -213,11 +217,21 @@ class Net:
 
     # ------------------------------------------------------------------------------------------
     def init(self, in_param: caffe_pb2.NetParameter) -> None:
-        """Build the net (Caffe's Net::Init)."""
+        """Build the net (Caffe's Net::Init); untrusted nets within their file root."""
+        from caffe import untrusted
+
         self.phase = in_param.state.phase
         filtered = filter_net(in_param)
+        self.file_root = None
         if not getattr(self, "allow_python_layers", python_layers_allowed(None)):
             self._refuse_python_layers(filtered)
+            self.file_root = untrusted.resolve_root(getattr(self, "source", None),
+                                                    getattr(self, "_file_root_arg", None))
+            untrusted.check_layer_paths(filtered, self.file_root, self._where)
+        with untrusted.active_root(self.file_root):
+            self._init_layers(filtered)
+
+    def _init_layers(self, filtered: caffe_pb2.NetParameter) -> None:
         try:
             param = insert_splits(filtered)
         except NetError as exc:
@@ -395,6 +409,7 @@ class Net:
         else:
             blob_id = len(self._blobs)
             self._blobs.append(Blob(dtype=self.dtype))
+            self._blobs[blob_id].name = name
             self._blob_names.append(name)
             self.blob_names_index[name] = blob_id
             self.blob_need_backward.append(False)
@@ -719,7 +734,11 @@ class Net:
                         f"target param shape is {target.shape_string()}. To learn this layer's "
                         f"parameters from scratch rather than copying from a saved net, rename "
                         f"the layer.")
-                target.from_proto(proto, reshape=False)
+                try:
+                    target.from_proto(proto, reshape=False)
+                except CaffeError as exc:
+                    raise NetError(f"{origin or '<weights>'}: layer {src.name!r}, param {j}: "
+                                   f"{exc}") from None
 
     def copy_from(self, filename: str) -> None:
         """Load weights from a binary or HDF5 .caffemodel (pycaffe's copy_from)."""

@@ -19,6 +19,11 @@ numbers that ``P.<Type>.<NAME>`` gives (``P.Pooling.MAX``) or the value's name a
 and ``n.to_proto()`` gives the ``NetParameter`` of every layer the assigned tops need, in
 dependency order, each layer named after its first top. Tops that are never assigned get
 automatic names ``<Type><count>`` (``Convolution1``), as pycaffe generates them.
+
+The SSD fork's additions, which its ``caffe.model_libs`` builders use: ``n.update(name,
+params)`` sets keyword params of the layer behind top ``name`` after the fact (a given key
+replaces its value), ``n.keys()`` / ``n.vals()`` list names and tops in assignment order, and
+``del n[name]`` forgets a name.
 """
 
 from __future__ import annotations
@@ -150,6 +155,9 @@ class Top:
         """The NetParameter of every layer needed to compute this top."""
         return to_proto(self)
 
+    def _update(self, params: dict[str, Any]) -> None:
+        self.fn._update(params)
+
     def _to_proto(self, layers: dict, names: dict, autonames: Counter) -> None:
         self.fn._to_proto(layers, names, autonames)
 
@@ -172,6 +180,18 @@ class Function:
         self.ntop = int(self.params.pop("ntop", 1))
         self.in_place = bool(self.params.pop("in_place", False))
         self.tops = tuple(Top(self, n) for n in range(self.ntop))
+
+    def _update(self, params: dict[str, Any]) -> None:
+        """Set keyword params after the fact, as the SSD fork's NetSpec.update does: a key
+        given replaces that key's value (``param`` lists included), other keys stay."""
+        params = dict(params)
+        if "ntop" in params and int(params["ntop"]) != self.ntop:
+            raise NetError(f"{self.type_name} layer: update cannot change ntop from "
+                           f"{self.ntop} to {params['ntop']} (its tops already exist)")
+        params.pop("ntop", None)
+        if "in_place" in params:
+            self.in_place = bool(params.pop("in_place"))
+        self.params.update(params)
 
     def _top_name(self, top: Top, names: dict, autonames: Counter) -> str:
         if top not in names:
@@ -273,11 +293,29 @@ class NetSpec:
     def __delattr__(self, name: str) -> None:
         del self.tops[name]
 
+    def __delitem__(self, name: str) -> None:
+        del self.tops[name]
+
     def __contains__(self, name: str) -> bool:
         return name in self.tops
 
     def keys(self) -> list[str]:
+        """The assigned names, in assignment order (the SSD fork's ``net.keys()[-1]`` is the
+        latest one)."""
         return list(self.tops)
+
+    def vals(self) -> list[Top | Function]:
+        """The assigned tops, in assignment order (the SSD fork's NetSpec.vals)."""
+        return list(self.tops.values())
+
+    def update(self, name: str, params: dict[str, Any]) -> None:
+        """Set keyword params of the layer that produced top ``name`` (the SSD fork's
+        NetSpec.update, as ``net.update(conv_name, {'dilation': 2})`` in its model_libs)."""
+        top = self.tops.get(name)
+        if top is None:
+            raise NetError(f"NetSpec.update: no top named '{name}' "
+                           f"(tops: {', '.join(self.tops)})")
+        top._update(params)
 
     def to_proto(self) -> caffe_pb2.NetParameter:
         return _net_proto(self.tops.values(), {top: name for name, top in self.tops.items()})

@@ -20,7 +20,8 @@ One iteration of ``step``:
 8. ``iter += 1``; snapshot on schedule or on request; stop on request.
 
 In multi-process training (:mod:`caffe.parallel`) only the root solver (rank 0) tests,
-displays and snapshots, as in Caffe; each rank seeds with ``random_seed + rank``.
+displays and snapshots, as in Caffe (with caffepy's parallel test, ``test_reducer``, every rank
+scores its share of the test batches); each rank seeds with ``random_seed + rank``.
 """
 
 from __future__ import annotations
@@ -135,6 +136,9 @@ class Solver:
         self._source_dir = os.path.dirname(os.path.abspath(source)) if source else None
         self.callbacks: list = []
         self.action_function: Callable[[], SolverAction] | None = None
+        # Multi-process parallel test (caffepy): sums a float64 vector over the ranks; set by
+        # caffe.parallel.NCCL(parallel_test=True). None: the root tests alone, as in Caffe.
+        self.test_reducer: Callable[[np.ndarray], np.ndarray] | None = None
         self.requested_early_exit = False
         self.losses: list[float] = []
         self.smoothed_loss = 0.0
@@ -163,16 +167,19 @@ class Solver:
                               f"{param.average_loss}")
         if param.iter_size < 1:
             raise SolverError(f"iter_size must be at least 1, got {param.iter_size}")
-        if param.eval_type != "classification":
-            raise SolverError(f"Unknown evaluation type: {param.eval_type!r} (caffepy evaluates "
-                              f"test nets by 'classification', averaging their outputs)")
+        if param.eval_type not in ("classification", "detection"):
+            raise SolverError(f"Unknown evaluation type: {param.eval_type!r} ('classification' "
+                              f"averages the test net outputs, 'detection' (SSD) takes their "
+                              f"mAP)")
         self.check_parameters()
         self.check_snapshot_write_permissions()
         if param.random_seed >= 0:
-            from caffe.common import set_random_seed, solver_rank
+            from caffe.common import set_random_seed, set_shared_seed, solver_rank
 
-            # Each solver of a multi-process run draws its own stream (dropout masks, crops).
+            # Each solver of a multi-process run draws its own stream (dropout masks, crops);
+            # list permutations that the ranks slice come from the seed all of them share.
             set_random_seed(param.random_seed + solver_rank())
+            set_shared_seed(param.random_seed)
         self.init_train_net()
         self.init_test_nets()
         log.info("Solver scaffolding done.")
@@ -301,6 +308,18 @@ class Solver:
             return SolverAction.NONE
         return self.action_function()
 
+    def serve_test_requests(self) -> bool:
+        """Before a test batch: take every pending request (snapshot now, or stop); True when
+        testing must stop early (Caffe's Test loop)."""
+        request = self.get_requested_action()
+        while request is not SolverAction.NONE:
+            if request is SolverAction.SNAPSHOT:
+                self.snapshot()
+            elif request is SolverAction.STOP:
+                self.requested_early_exit = True
+            request = self.get_requested_action()
+        return self.requested_early_exit
+
     def share_weights(self, net) -> None:
         """Let ``net`` use this solver's train net weights (pycaffe's share_weights)."""
         net.share_with(self.net)
@@ -323,7 +342,7 @@ class Solver:
             self.net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                if root_solver():
+                if root_solver() or self.test_reducer is not None:
                     self.test_all()
                 if self.requested_early_exit:
                     break
@@ -415,23 +434,21 @@ class Solver:
             self.test(test_net_id)
 
     def test(self, test_net_id: int = 0) -> None:
-        """Average every test net output over ``test_iter`` batches and log them."""
+        """Average every test net output over ``test_iter`` batches and log them (with
+        ``eval_type: "detection"``, their mAP: ``caffe.detection.test_detection``)."""
         p = self.param
+        if p.eval_type == "detection":  # the SSD fork's TestDetection: mAP of the outputs
+            from caffe.detection import test_detection
+
+            return test_detection(self, test_net_id)
         log.info("Iteration %d, Testing net (#%d)", self.iter, test_net_id)
         test_net = self.test_nets[test_net_id]
         test_net.share_with(self.net)
         test_iter = p.test_iter[test_net_id]
         scores: np.ndarray | None = None
         loss = 0.0
-        for _ in range(test_iter):
-            request = self.get_requested_action()
-            while request is not SolverAction.NONE:
-                if request is SolverAction.SNAPSHOT:
-                    self.snapshot()
-                elif request is SolverAction.STOP:
-                    self.requested_early_exit = True
-                request = self.get_requested_action()
-            if self.requested_early_exit:
+        for _ in self._test_batches(test_iter):
+            if self.serve_test_requests():
                 break
             iter_loss = test_net.forward_prefilled()
             if p.test_compute_loss:
@@ -441,12 +458,30 @@ class Solver:
         if self.requested_early_exit:
             log.info("Test interrupted.")
             return
+        if self.test_reducer is not None:
+            loss, scores = self._reduce_test(test_net, loss, scores)
         if p.test_compute_loss:
             log.info("Test loss: %s", _g(loss / test_iter if test_iter else float("nan")))
         if scores is None:
             return
         for line in output_lines(test_net, "Test", scores / test_iter):
             log.info("%s", line)
+
+    def _test_batches(self, test_iter: int) -> range:
+        """The test batches this solver scores: all of them, or with the parallel test every
+        solver_count-th from its rank (its test data layers read their shard)."""
+        if self.test_reducer is None:
+            return range(test_iter)
+        from caffe.common import solver_count, solver_rank
+
+        return range(solver_rank(), test_iter, solver_count())
+
+    def _reduce_test(self, test_net, loss: float, scores: np.ndarray | None):
+        """The parallel test's loss and score sums over every rank's batches."""
+        if scores is None:  # this rank had no batch: its share of the sums is zero
+            scores = np.zeros(sum(test_net.blobs[name].count for name in test_net.outputs))
+        total = self.test_reducer(np.concatenate([[loss], scores]))
+        return float(total[0]), total[1:]
 
     # --- snapshots -----------------------------------------------------------------------------
     def snapshot_filename(self, extension: str) -> str:

@@ -427,7 +427,7 @@ def test_hdf5_output_writes_what_it_received(tmp_path):
     label = Blob((3,))
     label.data[...] = [1, 2, 3]
     layer.SetUp([data, label], [])
-    assert out.exists()
+    assert not out.exists()  # unlike Caffe, setup writes nothing (issue 14 item 6)
     layer.Forward([data, label], [])
     with h5py.File(out, "r") as f:
         assert set(f.keys()) == {"data", "label"}

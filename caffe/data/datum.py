@@ -84,25 +84,44 @@ def _matches_ext(filename: str, encoding: str) -> bool:
 
 
 def read_image(filename: str, height: int = 0, width: int = 0,
-               is_color: bool = True) -> np.ndarray:
+               is_color: bool = True, min_dim: int = 0, max_dim: int = 0) -> np.ndarray:
     """Caffe's ReadImageToCVMat: HxWxC BGR (or HxW gray) uint8, resized when both sizes > 0.
+    The SSD fork's ``min_dim`` / ``max_dim`` (either > 0; they take precedence over the sizes)
+    scale both sides by one factor: up until the short side reaches ``min_dim``, then down if
+    the long side would pass ``max_dim``.
     Raises ValueError when the file is missing or not an image."""
     img = image.imread(filename, image.IMREAD_COLOR if is_color else image.IMREAD_GRAYSCALE)
-    if height > 0 and width > 0:
+    if min_dim > 0 or max_dim > 0:
+        factor = _dim_scale_factor(img.shape[0], img.shape[1], min_dim, max_dim)
+        if factor != 1:
+            img = image.resize_by_factor(img, float(factor))
+    elif height > 0 and width > 0:
         img = image.resize(img, width, height)
     return img
 
 
+def _dim_scale_factor(rows: int, cols: int, min_dim: int, max_dim: int) -> np.float32:
+    """The fork's float32 scale factor for ``min_dim`` / ``max_dim``."""
+    factor = np.float32(1)
+    if min_dim > 0 and min(rows, cols) < min_dim:
+        factor = np.float32(min_dim) / np.float32(min(rows, cols))
+    if max_dim > 0 and int(factor * np.float32(max(rows, cols))) > max_dim:
+        factor = np.float32(max_dim) / np.float32(max(rows, cols))
+    return factor
+
+
 def read_image_to_datum(filename: str, label: int, height: int = 0, width: int = 0,
-                        is_color: bool = True, encoding: str = "") -> caffe_pb2.Datum:
+                        is_color: bool = True, encoding: str = "", min_dim: int = 0,
+                        max_dim: int = 0) -> caffe_pb2.Datum:
     """Caffe's ReadImageToDatum. With an ``encoding`` and no resize/colour change the file's own
     bytes are stored (as ReadFileToDatum does, leaving channels/height/width unset); otherwise
-    the decoded image is re-encoded, or stored raw when ``encoding`` is empty."""
-    img = read_image(filename, height, width, is_color)
+    the decoded image is re-encoded, or stored raw when ``encoding`` is empty. ``min_dim`` /
+    ``max_dim``: the SSD fork's aspect-keeping resize (see ``read_image``)."""
+    img = read_image(filename, height, width, is_color, min_dim, max_dim)
     if encoding:
         native_color = img.ndim == 3 and img.shape[2] == 3
-        if native_color == is_color and not height and not width \
-                and _matches_ext(filename, encoding):
+        if native_color == is_color and not height and not width and not min_dim \
+                and not max_dim and _matches_ext(filename, encoding):
             datum = caffe_pb2.Datum()
             with open(filename, "rb") as f:
                 datum.data = f.read()

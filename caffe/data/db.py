@@ -15,7 +15,9 @@ path, or read through ``open_db``, or caffe raises a DataError saying so.
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -189,24 +191,56 @@ _LEVELDBS = _SharedHandles()
 
 
 # --- LMDB -----------------------------------------------------------------------------------
+def _lmdb_error(path: str, action: str, exc: Exception) -> DataError:
+    return DataError(f"lmdb database {path!r}: {action} failed: {type(exc).__name__}: {exc}")
+
+
 class LMDBCursor(Cursor):
+    """A read snapshot walked in key order. Keys and values are checked against the size of
+    data.mdb before they are copied out of the map, and lmdb errors (a corrupt page) become
+    DataErrors naming the database."""
+
     def __init__(self, env, path: str) -> None:
+        import lmdb
+
+        self._lmdb_error = lmdb.Error
         self._path = path
-        self._txn = env.begin(write=False, buffers=False)
-        self._cursor = self._txn.cursor()
-        self._valid = self._cursor.first()
+        self._file_size = _data_file_size(path)
+        self._txn = None
+        try:
+            self._txn = env.begin(write=False, buffers=True)
+            self._cursor = self._txn.cursor()
+            self._valid = self._cursor.first()
+        except lmdb.Error as exc:
+            self.close()
+            raise _lmdb_error(path, "reading the first record", exc) from None
+
+    def _move(self, step, action: str) -> None:
+        try:
+            self._valid = step()
+        except self._lmdb_error as exc:
+            raise _lmdb_error(self._path, action, exc) from None
 
     def seek_to_first(self) -> None:
-        self._valid = self._cursor.first()
+        self._move(self._cursor.first, "seeking to the first record")
 
     def next(self) -> None:
-        self._valid = self._cursor.next()
+        self._move(self._cursor.next, "moving to the next record")
+
+    def _copy(self, view, what: str) -> bytes:
+        # A value's size comes from the page; one larger than the file would be read past the
+        # end of the map (SIGBUS), so it is refused before the copy.
+        if self._file_size is not None and len(view) > self._file_size:
+            raise DataError(f"lmdb database {self._path!r}: a record {what} claims "
+                            f"{len(view)} bytes, more than data.mdb holds "
+                            f"({self._file_size} bytes); the database is corrupt")
+        return bytes(view)
 
     def key_bytes(self) -> bytes:
-        return self._cursor.key()
+        return self._copy(self._cursor.key(), "key")
 
     def value(self) -> bytes:
-        return self._cursor.value()
+        return self._copy(self._cursor.value(), "value")
 
     def valid(self) -> bool:
         return self._valid
@@ -220,22 +254,27 @@ class LMDBCursor(Cursor):
 
 
 class LMDBTransaction(Transaction):
-    def __init__(self, env) -> None:
+    def __init__(self, env, path: str = "") -> None:
         super().__init__()
         self._env = env
+        self._path = path
 
     def commit(self) -> None:
         import lmdb
 
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for key, value in self._pending:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                # As Caffe: double the map and retry the whole batch.
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        try:
+            while True:
+                try:
+                    with self._env.begin(write=True) as txn:
+                        for key, value in self._pending:
+                            txn.put(key, value)
+                    break
+                except lmdb.MapFullError:
+                    # As Caffe: double the map and retry the whole batch.
+                    self._env.set_mapsize(self._env.info()["map_size"] * 2)
+        except lmdb.Error as exc:  # a full disk, a read-only file system, ...
+            raise _lmdb_error(self._path, f"committing {len(self._pending)} records",
+                              exc) from None
         self._pending.clear()
 
 
@@ -247,6 +286,167 @@ def _already_open_message(path: str, exc: Exception) -> str:
             f"lmdb.open() in your script). Close that handle first (env.close()) before "
             f"building the net, or read the database through caffe.data.db.open_db(path), "
             f"which shares caffe's handle with its Data layers.")
+
+
+def _data_file_size(path: str) -> int | None:
+    try:
+        return os.path.getsize(os.path.join(path, "data.mdb"))
+    except OSError:
+        return None
+
+
+def _lock_unwritable(lmdb, exc: Exception) -> bool:
+    """Whether opening with the lock failed because lock.mdb cannot be created or written."""
+    text = str(exc)
+    return isinstance(exc, lmdb.ReadonlyError) or "Permission denied" in text \
+        or "Read-only file system" in text
+
+
+def _open_lmdb_reader(lmdb, path: str):
+    """Open for reading as Caffe does: with the lock, so that a writer in another process
+    never reuses pages this reader's snapshot still holds; without it (MDB_NOLOCK) only when
+    the lock file cannot be written (a read-only folder or file system). The environment is
+    then checked against the size of data.mdb before any page is read."""
+    try:
+        env = lmdb.open(path, readonly=True, lock=True)
+    except lmdb.Error as exc:
+        if not _lock_unwritable(lmdb, exc):
+            raise
+        logging.getLogger("caffe").warning(
+            "Permission denied writing the lock of lmdb database %s. Trying with MDB_NOLOCK "
+            "(a concurrent writer may garble what this reader reads).", path)
+        env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        _check_lmdb_size(env, path)
+        _check_lmdb_tree(env, path)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def _check_lmdb_size(env, path: str) -> None:
+    """Refuse a data.mdb shorter than its meta page says: reading the missing pages through
+    the map would kill the process with SIGBUS."""
+    info, stat = env.info(), env.stat()
+    needed = (int(info["last_pgno"]) + 1) * int(stat["psize"])
+    size = _data_file_size(path)
+    if size is not None and size < needed:
+        raise DataError(f"lmdb database {path!r} is truncated or corrupt: its meta page says "
+                        f"{int(info['last_pgno']) + 1} pages of {int(stat['psize'])} bytes "
+                        f"({needed} bytes) but data.mdb holds {size} bytes")
+
+
+# LMDB 0.9's on-disk layout, for the structural check below.
+_PAGE_HEADER = struct.Struct("<QHHHH")  # mp_pgno, mp_pad, mp_flags, mp_lower, mp_upper
+_NODE_HEADER = struct.Struct("<HHHH")  # mn_lo, mn_hi, mn_flags, mn_ksize
+_META = struct.Struct("<IIQQ")  # mm_magic, mm_version, mm_address, mm_mapsize
+# md_pad, md_flags, md_depth, branch pages, leaf pages, overflow pages, entries, md_root
+_DB = struct.Struct("<IHHQQQQQ")
+_P_BRANCH, _P_LEAF, _P_OVERFLOW = 0x01, 0x02, 0x04
+_F_BIGDATA = 0x01
+_LMDB_MAGIC = 0xBEEFC0DE
+_NO_ROOT = 2**64 - 1
+# Databases whose B-tree has more pages than this are not walked (the walk is ~1 ms a page).
+MAX_CHECKED_TREE_PAGES = 20_000
+
+
+class _CorruptLMDB(Exception):
+    pass
+
+
+def _check_lmdb_tree(env, path: str) -> None:
+    """Walk the branch and leaf pages of the snapshot a read transaction pins and check that
+    every node, key, value and overflow run lies inside the file. LMDB trusts these offsets and
+    sizes, so a damaged page would make it read past the end of data.mdb (SIGBUS) or into
+    the map beyond it."""
+    import mmap
+
+    data_path = os.path.join(path, "data.mdb")
+    txn = env.begin(write=False)
+    try:
+        with open(data_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as view:
+                _walk_lmdb_tree(view, size, int(env.stat()["psize"]), txn.id(), path)
+    except _CorruptLMDB as exc:
+        raise DataError(f"lmdb database {path!r} is corrupt: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot check lmdb database {path!r}: {exc}") from None
+    finally:
+        txn.abort()
+
+
+def _walk_lmdb_tree(view, size: int, psize: int, txnid: int, path: str) -> None:
+    meta = None
+    for page in (0, 1):
+        base = page * psize + _PAGE_HEADER.size
+        if base + _META.size + 2 * _DB.size + 16 > size:
+            raise _CorruptLMDB(f"meta page {page} is truncated")
+        magic = _META.unpack_from(view, base)[0]
+        last_pgno, meta_txnid = struct.unpack_from("<QQ", view, base + _META.size + 2 * _DB.size)
+        if magic == _LMDB_MAGIC and meta_txnid == txnid:
+            meta = (_DB.unpack_from(view, base + _META.size + _DB.size), last_pgno)
+    if meta is None:
+        return  # a writer committed twice since the read began: that data is a writer's own
+    (_, _, depth, branch, leaf, _, _, root), last_pgno = meta
+    if root == _NO_ROOT:
+        return
+    npages = min(last_pgno + 1, size // psize)
+    if branch + leaf > MAX_CHECKED_TREE_PAGES:
+        logging.getLogger("caffe").debug("lmdb database %s: %d tree pages, not checked", path,
+                                         branch + leaf)
+        return
+    stack, seen = [(root, 1)], set()
+    while stack:
+        pgno, level = stack.pop()
+        if not 2 <= pgno < npages:
+            raise _CorruptLMDB(f"page number {pgno} outside pages 2..{npages - 1}")
+        if pgno in seen or level > max(depth, 1) or len(seen) > branch + leaf:
+            raise _CorruptLMDB(f"page {pgno} is reached twice or too deep (depth {level})")
+        seen.add(pgno)
+        start = pgno * psize
+        _, _, flags, lower, upper = _PAGE_HEADER.unpack_from(view, start)
+        is_leaf = bool(flags & _P_LEAF)
+        if is_leaf == bool(flags & _P_BRANCH) or not \
+                _PAGE_HEADER.size <= lower <= upper <= psize or (lower - _PAGE_HEADER.size) % 2:
+            raise _CorruptLMDB(f"page {pgno} has a bad header (flags {flags:#x}, lower "
+                               f"{lower}, upper {upper})")
+        count = (lower - _PAGE_HEADER.size) // 2
+        offsets = struct.unpack_from(f"<{count}H", view, start + _PAGE_HEADER.size)
+        for offset in offsets:
+            if not upper <= offset <= psize - _NODE_HEADER.size:
+                raise _CorruptLMDB(f"page {pgno}: node offset {offset} outside [{upper}, "
+                                   f"{psize - _NODE_HEADER.size}]")
+            lo, hi, node_flags, ksize = _NODE_HEADER.unpack_from(view, start + offset)
+            end = offset + _NODE_HEADER.size + ksize
+            if not is_leaf:
+                child = lo | hi << 16 | node_flags << 32
+                if end > psize:
+                    raise _CorruptLMDB(f"page {pgno}: a key runs past the page")
+                stack.append((child, level + 1))
+                continue
+            dsize = lo | hi << 16
+            if node_flags & ~_F_BIGDATA:
+                raise _CorruptLMDB(f"page {pgno}: node flags {node_flags:#x} (sub-databases "
+                                   f"and duplicates are not Caffe's)")
+            if not node_flags & _F_BIGDATA:
+                if end + dsize > psize:
+                    raise _CorruptLMDB(f"page {pgno}: a record of {ksize} + {dsize} bytes runs "
+                                       f"past the page")
+                continue
+            if end + 8 > psize:
+                raise _CorruptLMDB(f"page {pgno}: an overflow node runs past the page")
+            first = struct.unpack_from("<Q", view, start + end)[0]
+            needed = -(-(_PAGE_HEADER.size + dsize) // psize)
+            if not 2 <= first or first + needed > npages:
+                raise _CorruptLMDB(f"page {pgno}: a {dsize}-byte value on overflow pages "
+                                   f"{first}.. runs past page {npages - 1}")
+            over_flags = _PAGE_HEADER.unpack_from(view, first * psize)[2]
+            if not over_flags & _P_OVERFLOW:
+                raise _CorruptLMDB(f"page {pgno}: overflow page {first} is not one")
 
 
 class LMDBDatabase(DB):
@@ -269,11 +469,9 @@ class LMDBDatabase(DB):
 
         def opener():
             try:
-                if not writable:
-                    # Readers take no lock: nothing is written next to the data (a read-only
-                    # or checked-in database stays untouched), as Caffe's MDB_NOLOCK fallback.
-                    return lmdb.open(path, readonly=True, lock=False)
-                return lmdb.open(path, map_size=_LMDB_INITIAL_MAP, max_readers=512)
+                if writable:
+                    return lmdb.open(path, map_size=_LMDB_INITIAL_MAP, max_readers=512)
+                return _open_lmdb_reader(lmdb, path)
             except lmdb.Error as exc:
                 if "already open in this process" in str(exc):
                     raise DataError(_already_open_message(path, exc)) from None
@@ -288,10 +486,15 @@ class LMDBDatabase(DB):
     def new_transaction(self) -> LMDBTransaction:
         if self.mode == READ:
             raise DataError(f"lmdb database {self.path!r} was opened for READ; cannot write")
-        return LMDBTransaction(self._env)
+        return LMDBTransaction(self._env, self.path)
 
     def __len__(self) -> int:
-        return int(self._env.stat()["entries"])
+        import lmdb
+
+        try:
+            return int(self._env.stat()["entries"])
+        except lmdb.Error as exc:
+            raise _lmdb_error(self.path, "reading the record count", exc) from None
 
     def close(self) -> None:
         if not self._closed:

@@ -36,11 +36,20 @@ class ImageListLoader(BatchLoader):
     Reads root_folder, new_height/new_width, is_color, shuffle and batch_size from the layer's
     list parameter (``image_data_param`` or ``dense_image_data_param``); ``rng`` shuffles the
     list (and may serve the subclass's own draws). ``where`` prefixes every error.
+
+    ``shard = (count, rank)``: walk only entries rank, rank + count, ... of the (shuffled)
+    list; with the same ``rng`` stream on every rank, each epoch's permutation is the same
+    everywhere, so the ranks' slices are disjoint and together cover it.
     """
 
     def __init__(self, lines: list, param, rng: np.random.Generator | None, dtype,
-                 where: str) -> None:
-        self.lines = lines
+                 where: str, shard: tuple[int, int] = (1, 0)) -> None:
+        self.all_lines = lines
+        self.shard_count, self.shard_rank = shard
+        if len(lines) < self.shard_count:
+            raise DataError(f"{where}: {len(lines)} entries cannot be shared by "
+                            f"{self.shard_count} solvers")
+        self.lines = lines[self.shard_rank::self.shard_count] if self.shard_count > 1 else lines
         self.root_folder = param.root_folder
         self.new_height, self.new_width = int(param.new_height), int(param.new_width)
         self.is_color = param.is_color
@@ -52,6 +61,10 @@ class ImageListLoader(BatchLoader):
         self.lines_id = 0
 
     def shuffle(self) -> None:
+        if self.shard_count > 1:
+            order = self.rng.permutation(len(self.all_lines))
+            self.lines = [self.all_lines[i] for i in order[self.shard_rank::self.shard_count]]
+            return
         order = self.rng.permutation(len(self.lines))
         self.lines = [self.lines[i] for i in order]
 

@@ -12,7 +12,6 @@ Convolution and InnerProduct their learned blobs (``new_weight_and_bias`` also s
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 
 from caffe.blob import Blob
 from caffe.filler import fill
+from caffe.functional import pool_output_size  # noqa: F401  (re-exported: one copy)
 
 Check = Callable[[bool, str], None]
 
@@ -155,16 +155,6 @@ def deconv_output_size(input_size: int, kernel: int, stride: int, pad: int,
     """Caffe's deconvolution output size: stride (in - 1) + extent - 2 pad."""
     extent = dilation * (kernel - 1) + 1
     return stride * (input_size - 1) + extent - 2 * pad
-
-
-def pool_output_size(input_size: int, kernel: int, stride: int, pad: int,
-                     correct_last: bool) -> int:
-    """Caffe's pooling output size: ceil((in + 2 pad - kernel) / stride) + 1, minus one when
-    padding is on (``correct_last``) and the last window would start in the padding."""
-    out = int(math.ceil((input_size + 2 * pad - kernel) / stride)) + 1
-    if correct_last and (out - 1) * stride >= input_size + pad:
-        out -= 1
-    return out
 
 
 def check_conv_output(check: Check, spatial: Sequence[int], geom: ConvGeometry,

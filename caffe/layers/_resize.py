@@ -27,10 +27,10 @@ def weight_matrix(out_size: int, in_size: int, low: np.ndarray, high: np.ndarray
 
 
 def resize_planes(x: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor,
-                  out: torch.Tensor) -> torch.Tensor:
-    """out (..., H', W') = a_h @ x @ a_w^T: rows first mix columns, then rows mix."""
-    torch.matmul(a_h, torch.matmul(x, a_w.t()), out=out)
-    return out
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., H', W') = a_h @ x @ a_w^T: rows first mix columns, then rows mix; written into
+    ``out`` when given (the layer), else a new tensor (``caffe.functional``, the exporter)."""
+    return torch.matmul(a_h, torch.matmul(x, a_w.t()), out=out)
 
 
 def resize_planes_backward(dy: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor,

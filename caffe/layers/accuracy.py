@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from caffe.functional import accuracy_hits
 from caffe.layer import Layer, register
 from caffe.layers._helpers import label_layout
 from caffe.layers.loss import check_label_range, ignore_label_of, integer_labels
@@ -44,15 +45,10 @@ class AccuracyLayer(Layer):
     def forward(self, bottom, top):
         scores = bottom[0].device_data().view(self.outer_num, self.num_labels, self.inner_num)
         labels = integer_labels(bottom[1].device_data()).view(self.outer_num, 1, self.inner_num)
-        valid = None if self.ignore_label is None else labels != self.ignore_label
-        check_label_range(self, labels, valid, self.num_labels)
-        safe = labels if valid is None else labels.masked_fill(~valid, 0)
-        true_score = scores.gather(1, safe)
-        index = torch.arange(self.num_labels, device=scores.device).view(1, -1, 1)
-        ahead = (scores > true_score) | ((scores == true_score) & (index > safe))
-        hit = ahead.sum(dim=1, keepdim=True) < self.top_k
-        if valid is not None:
-            hit &= valid
+        check_label_range(self, labels, None if self.ignore_label is None else
+                          labels != self.ignore_label, self.num_labels)
+        hit, valid, safe = accuracy_hits(scores, labels, top_k=self.top_k,
+                                         ignore_label=self.ignore_label)
         count = safe.numel() if valid is None else valid.sum()
         accuracy = hit.sum().to(scores.dtype)
         # No valid label at all gives 0 rather than 0/0.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from caffe.functional import top_k_ranked
 from caffe.layer import Layer, register
 from caffe.layers._helpers import canonical_axis
 
@@ -60,10 +61,7 @@ class ArgMaxLayer(Layer):
 
     def _top_k(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Values and indices of the k largest along the last dim, larger index first on ties."""
-        size = x.shape[-1]
-        values, order = torch.sort(x.flip(-1), dim=-1, descending=True, stable=True)
-        indices = (size - 1) - order[..., :self.top_k]
-        return values[..., :self.top_k], indices
+        return top_k_ranked(x, self.top_k)
 
     def forward(self, bottom, top):
         x = bottom[0].device_data()

@@ -9,9 +9,10 @@ prefetch) and ``transform_param`` (see caffe.data.transformer). No bottoms.
 
 Records are read in key order and the reader wraps around to the first record after the last.
 In TRAIN with several solvers, each solver keeps every ``solver_count``-th record starting at
-its rank, as Caffe 1.0 shards. ``rand_skip`` skips a random number (< rand_skip) of records at
-setup. A background thread prefetches batches; a record that is not a Datum, or whose pixels
-cannot be decoded or transformed, raises DataError from forward naming the database and key.
+its rank, as Caffe 1.0 shards (in TEST too with caffepy's parallel test). ``rand_skip`` skips
+a random number (< rand_skip) of records at setup. A background thread prefetches batches; a
+record that is not a Datum, or whose pixels cannot be decoded or transformed, raises DataError
+from forward naming the database and key.
 
 Nets in one process share one handle per LMDB, so a TRAIN and a TEST net may read the same
 source. py-lmdb refuses a second handle on an environment the process already holds, so a
@@ -132,6 +133,25 @@ class DatumBatchLoader(BatchLoader):
         self.reader.close()
 
 
+def open_reader(layer, dp) -> tuple[DatumReader, str]:
+    """Open ``data_param``'s database for ``layer`` and a reader of this solver's shard of it
+    (TRAIN shards by rank, and TEST too under caffepy's parallel test); also the description
+    of the source that batch errors name."""
+    backend = backend_name(dp.backend)
+    where = f"{layer.type_name} layer {layer.name!r} ({backend} database {dp.source!r})"
+    try:
+        db = open_db(dp.source, READ, backend)
+    except DataError as exc:
+        raise layer.data_error(str(exc)) from None
+    logger.info("Opened %s %s", backend, dp.source)
+    count, rank = common.shard(layer.phase)
+    try:
+        return DatumReader(db, count, rank), where
+    except DataError as exc:
+        db.close()
+        raise layer.data_error(str(exc)) from None
+
+
 @register("Data")
 class DataLayer(BasePrefetchingDataLayer):
     """Caffe's Data layer (LMDB/LevelDB of Datums); see the module docstring."""
@@ -143,21 +163,7 @@ class DataLayer(BasePrefetchingDataLayer):
         batch_size = int(dp.batch_size)
         self.check(batch_size > 0, f"data_param.batch_size must be positive, got {batch_size}")
         self.check(bool(dp.source), "data_param.source is not set")
-        backend = backend_name(dp.backend)
-        where = f"{self.type_name} layer {self.name!r} ({backend} database {dp.source!r})"
-        try:
-            db = open_db(dp.source, READ, backend)
-        except DataError as exc:
-            raise self.data_error(str(exc)) from None
-        logger.info("Opened %s %s", backend, dp.source)
-        train = self.phase == caffe_pb2.TRAIN
-        count = common.solver_count() if train else 1
-        rank = common.solver_rank() if train else 0
-        try:
-            reader = DatumReader(db, count, rank)
-        except DataError as exc:
-            db.close()
-            raise self.data_error(str(exc)) from None
+        reader, where = open_reader(self, dp)
         loader = DatumBatchLoader(reader, self.transformer, batch_size, self.output_labels,
                                   self.np_dtype, where)
         try:

@@ -9,6 +9,12 @@ Rows are read in order, continuing into the next file and wrapping around after 
 ``shuffle``, the file order is permuted at setup and at each wrap, and the rows of each file are
 permuted when it is loaded and each time its end is reached (as Caffe). Relative .h5 paths are
 taken from the working directory, or else from the list file's directory.
+
+Only the rows of each batch are read (Caffe loads whole files into memory), and a declared
+shape is checked before anything is read: more than INT_MAX values (the bound of the blob C++
+Caffe reads a dataset into) or more bytes than a contiguous dataset stores are refused. In TRAIN
+with several solvers, each keeps the rows whose running offset modulo ``solver_count`` is its
+rank. An untrusted net (see caffe.untrusted) refuses listed files outside its file root.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from caffe import common
-from caffe.blob import Blob
+from caffe import common, untrusted
+from caffe.blob import INT_MAX, Blob
 from caffe.data.prefetch import numpy_dtype
 from caffe.errors import DataError
 from caffe.layer import Layer, register
+from caffe.proto import caffe_pb2
 
 logger = logging.getLogger("caffe")
 
@@ -58,14 +65,19 @@ def _physical_memory() -> int:
 
 
 def _check_declared_size(filename: str, name: str, dataset) -> None:
-    """Refuse a dataset whose declared size the file cannot back, before allocating for it.
+    """Refuse a dataset whose declared size a blob cannot hold or the file cannot back.
 
     Only a plain contiguous dataset must store all its bytes in the file; chunked (compressed
-    or sparse), external and virtual ones are bounded by the machine's memory alone.
+    or sparse), external and virtual ones are bounded by INT_MAX and the machine's memory.
     """
     import h5py
 
     nbytes = dataset.size * dataset.dtype.itemsize
+    if dataset.size > INT_MAX:
+        # C++ Caffe loads a dataset into one blob, whose count is an int.
+        raise DataError(f"HDF5 dataset {name!r} in {filename!r} declares shape "
+                        f"{list(dataset.shape)} ({dataset.size} values), more than a blob "
+                        f"holds (INT_MAX = {INT_MAX})")
     if nbytes > _physical_memory():
         raise DataError(f"HDF5 dataset {name!r} in {filename!r} declares shape "
                         f"{list(dataset.shape)} ({nbytes} bytes), more than this machine's "
@@ -79,49 +91,91 @@ def _check_declared_size(filename: str, name: str, dataset) -> None:
                             f"{stored} bytes of it")
 
 
-def load_hdf5_datasets(filename: str, names: Sequence[str], dtype,
-                       row_shapes: Sequence[tuple[int, ...]] | None = None) -> list[np.ndarray]:
-    """Read the named datasets of one file as arrays of ``dtype`` (float or integer data).
+def open_hdf5_datasets(filename: str, names: Sequence[str],
+                       row_shapes: Sequence[tuple[int, ...]] | None = None):
+    """Open one file and its named datasets (float or integer data) without reading them.
 
-    Shapes (and ``row_shapes``, the first file's, when given) are checked before any data is
-    read; h5py failures on a truncated or garbage file become ``DataError``s.
+    Returns ``(file, datasets)``; the caller closes the file. Shapes (and ``row_shapes``, the
+    first file's, when given) and declared sizes are checked here; h5py failures on a
+    truncated or garbage file become ``DataError``s.
     """
     import h5py
 
     try:
         f = h5py.File(filename, "r")
     except (OSError, ValueError, RuntimeError) as exc:
-        raise DataError(f"Failed opening HDF5 file: {filename!r} ({exc})") from None
+        if os.path.exists(filename):
+            raise DataError(f"Failed opening HDF5 file: {filename!r} ({exc})") from None
+        # A name read from a list file that names no file may be any text (a secret file given
+        # as the list): quote only a short escaped prefix of it.
+        raise DataError(f"Failed opening HDF5 file: {untrusted.short_repr(filename)} (no such "
+                        f"file)") from None
+    try:
+        datasets = []
+        for name in names:
+            dataset = f.get(name)
+            if not isinstance(dataset, h5py.Dataset):
+                raise DataError(f"Failed to find HDF5 dataset {name!r} in {filename!r} "
+                                f"(it holds {sorted(f.keys())[:20]})")
+            if dataset.ndim < 1:
+                raise DataError(f"HDF5 dataset {name!r} in {filename!r} must have at "
+                                f"least 1 axis")
+            if dataset.dtype.kind not in "fiub":
+                raise DataError(f"HDF5 dataset {name!r} in {filename!r}: unsupported "
+                                f"datatype {dataset.dtype}")
+            datasets.append(dataset)
+        num = datasets[0].shape[0]
+        for i, (name, dataset) in enumerate(zip(names, datasets)):
+            if dataset.shape[0] != num:
+                raise DataError(f"HDF5 datasets in {filename!r} differ in their number of "
+                                f"rows: {names[0]!r} has {num}, {name!r} has "
+                                f"{dataset.shape[0]}")
+            if row_shapes is not None and tuple(dataset.shape[1:]) != tuple(row_shapes[i]):
+                raise DataError(f"dataset {name!r} in {filename!r} has rows of shape "
+                                f"{list(dataset.shape[1:])}, the first file's have "
+                                f"{list(row_shapes[i])}")
+            _check_declared_size(filename, name, dataset)
+    except BaseException as exc:
+        f.close()
+        if isinstance(exc, DataError):
+            raise
+        if isinstance(exc, (OSError, KeyError, ValueError, TypeError, RuntimeError)):
+            raise DataError(f"Failed reading HDF5 file {filename!r}: "
+                            f"{type(exc).__name__}: {exc}") from None
+        raise
+    return f, datasets
+
+
+def read_rows(dataset, rows: np.ndarray, out: np.ndarray) -> None:
+    """Copy ``dataset[rows]`` into ``out`` (cast to its dtype), reading only those rows.
+
+    A run of consecutive rows is one hyperslab read; any other set is read in increasing
+    order (h5py's point selections must be sorted) and put back in the asked order.
+    """
+    if len(rows) == 0:
+        return
+    first = int(rows[0])
+    if np.array_equal(rows, np.arange(first, first + len(rows))):
+        out[...] = dataset[first:first + len(rows)]
+        return
+    order = np.argsort(rows, kind="stable")
+    out[order] = dataset[np.asarray(rows)[order]]
+
+
+def load_hdf5_datasets(filename: str, names: Sequence[str], dtype,
+                       row_shapes: Sequence[tuple[int, ...]] | None = None) -> list[np.ndarray]:
+    """Read the named datasets of one file whole, as arrays of ``dtype`` (for tools and tests;
+    the layer reads only the rows of each batch). Checks as ``open_hdf5_datasets``."""
+    f, datasets = open_hdf5_datasets(filename, names, row_shapes)
     where = ""
     try:
         with f:
-            datasets = []
-            for name in names:
-                dataset = f.get(name)
-                if not isinstance(dataset, h5py.Dataset):
-                    raise DataError(f"Failed to find HDF5 dataset {name!r} in {filename!r} "
-                                    f"(it holds {sorted(f.keys())})")
-                if dataset.ndim < 1:
-                    raise DataError(f"HDF5 dataset {name!r} in {filename!r} must have at "
-                                    f"least 1 axis")
-                if dataset.dtype.kind not in "fiub":
-                    raise DataError(f"HDF5 dataset {name!r} in {filename!r}: unsupported "
-                                    f"datatype {dataset.dtype}")
-                datasets.append(dataset)
-            num = datasets[0].shape[0]
-            for i, (name, dataset) in enumerate(zip(names, datasets)):
-                if dataset.shape[0] != num:
-                    raise DataError(f"HDF5 datasets in {filename!r} differ in their number of "
-                                    f"rows: {names[0]!r} has {num}, {name!r} has "
-                                    f"{dataset.shape[0]}")
-                if row_shapes is not None and tuple(dataset.shape[1:]) != tuple(row_shapes[i]):
-                    raise DataError(f"dataset {name!r} in {filename!r} has rows of shape "
-                                    f"{list(dataset.shape[1:])}, the first file's have "
-                                    f"{list(row_shapes[i])}")
-                _check_declared_size(filename, name, dataset)
             arrays = []
             for name, dataset in zip(names, datasets):
                 where = f" (dataset {name!r})"
+                if dataset.size * np.dtype(dtype).itemsize > _physical_memory():
+                    raise DataError(f"HDF5 dataset {name!r} in {filename!r} declares shape "
+                                    f"{list(dataset.shape)}, more than this machine's memory")
                 arrays.append(np.ascontiguousarray(dataset[()], dtype=dtype))
     except DataError:
         raise
@@ -149,9 +203,17 @@ class HDF5DataLayer(Layer):
         self.top_names = list(self.layer_param.top) or [f"top{i}" for i in range(len(top))]
         self.check(len(self.top_names) == len(top),
                    f"{len(top)} top blobs but {len(self.top_names)} top names")
+        train = self.phase == caffe_pb2.TRAIN
+        self.solver_count = common.solver_count() if train else 1
+        self.solver_rank = common.solver_rank() if train else 0
+        self.offset = 0
+        self._file = None
         logger.info("Loading list of HDF5 filenames from: %s", p.source)
         try:
             self.filenames = read_hdf5_file_list(p.source)
+            root = untrusted.current_root()
+            for i, name in enumerate(self.filenames):
+                untrusted.check_path(name, root, f"HDF5 file {i + 1} listed in {p.source!r}")
         except DataError as exc:
             raise DataError(f"{self.type_name} layer {self.name!r}: {exc}") from None
         logger.info("Number of HDF5 files: %d", len(self.filenames))
@@ -163,25 +225,47 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             self.file_permutation = self.rng.permutation(len(self.filenames))
         self.current_file = 0
-        self._load_file(self.filenames[self.file_permutation[0]])
+        self._load_file(self.file_permutation[0])
         self.current_row = 0
-        self.row_shapes = [a.shape[1:] for a in self.hdf_blobs]
+        self.row_shapes = [tuple(d.shape[1:]) for d in self.hdf_datasets]
         for blob, shape in zip(top, self.row_shapes):
             blob.reshape([self.batch_size, *shape])
+        nbytes = sum(blob.count for blob in top) * np.dtype(self.np_dtype).itemsize
+        if nbytes > _physical_memory():
+            raise DataError(f"{self.type_name} layer {self.name!r}: a batch of "
+                            f"{self.batch_size} rows of shapes {self.row_shapes} needs "
+                            f"{nbytes} bytes, more than this machine's memory")
         self._staging = [np.empty((self.batch_size, *s), dtype=self.np_dtype)
                          for s in self.row_shapes]
 
-    def _load_file(self, filename: str) -> None:
+    def _load_file(self, index: int) -> None:
+        """Open the file ``filenames[index]`` (closing the current one) and draw its row order."""
+        filename = self.filenames[index]
         logger.debug("Loading HDF5 file: %s", filename)
+        self._close_file()
         try:
-            self.hdf_blobs = load_hdf5_datasets(filename, self.top_names, self.np_dtype,
-                                                getattr(self, "row_shapes", None))
+            self._file, self.hdf_datasets = open_hdf5_datasets(
+                filename, self.top_names, getattr(self, "row_shapes", None))
         except DataError as exc:
             raise DataError(f"{self.type_name} layer {self.name!r}: {exc}") from None
-        num = self.hdf_blobs[0].shape[0]
-        self.data_permutation = (self.rng.permutation(num) if self.shuffle
-                                 else np.arange(num))
-        self.check(num > 0, f"HDF5 file {filename!r} has no rows")
+        self.current_filename = filename
+        self.num_rows = int(self.hdf_datasets[0].shape[0])
+        self.check(self.num_rows > 0, f"HDF5 file {filename!r} has no rows")
+        self.data_permutation = None  # identity, without an arange of num_rows
+        if self.shuffle:
+            if self.num_rows * 8 > _physical_memory():
+                raise DataError(f"{self.type_name} layer {self.name!r}: HDF5 file "
+                                f"{filename!r} declares {self.num_rows} rows, too many to "
+                                f"shuffle in this machine's memory")
+            self.data_permutation = self.rng.permutation(self.num_rows)
+
+    def _close_file(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            try:
+                self._file.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not mask the error
+                pass
+            self._file = None
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         """Tops keep the shape set at setup."""
@@ -194,24 +278,54 @@ class HDF5DataLayer(Layer):
                 if self.shuffle:
                     self.file_permutation = self.rng.permutation(len(self.filenames))
                 logger.debug("Looping around to first file.")
-            self._load_file(self.filenames[self.file_permutation[self.current_file]])
+            self._load_file(self.file_permutation[self.current_file])
         self.current_row = 0
         if self.shuffle:
-            self.data_permutation = self.rng.permutation(self.hdf_blobs[0].shape[0])
+            self.data_permutation = self.rng.permutation(self.num_rows)
+
+    def _read(self, rows: np.ndarray, filled: int) -> None:
+        """Rows ``rows`` of the current file into the staging batch, from row ``filled``."""
+        take = len(rows)
+        for name, staging, dataset in zip(self.top_names, self._staging, self.hdf_datasets):
+            try:
+                read_rows(dataset, rows, staging[filled:filled + take])
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise DataError(f"{self.type_name} layer {self.name!r}: Failed reading HDF5 "
+                                f"file {self.current_filename!r} (dataset {name!r}): "
+                                f"{type(exc).__name__}: {exc}") from None
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        # Rows are read in order (or in the shuffled order); with several solvers in TRAIN
+        # each keeps the rows whose running offset % solver_count == its rank (as BVLC
+        # Caffe's later HDF5DataLayer::Skip; 1.0 did not shard), so rows kept within one file
+        # are a strided run and are read together.
+        step, rank = self.solver_count, self.solver_rank
         filled = 0
         while filled < self.batch_size:
-            if self.current_row == self.hdf_blobs[0].shape[0]:
+            if self.current_row == self.num_rows:
                 self._next_file()
-            take = min(self.batch_size - filled, self.hdf_blobs[0].shape[0] - self.current_row)
-            rows = self.data_permutation[self.current_row:self.current_row + take]
-            for staging, array in zip(self._staging, self.hdf_blobs):
-                np.take(array, rows, axis=0, out=staging[filled:filled + take])
+            skip = (rank - self.offset) % step
+            left = self.num_rows - self.current_row
+            if skip >= left:
+                self.offset += left
+                self.current_row = self.num_rows
+                continue
+            self.current_row += skip
+            self.offset += skip
+            take = min(self.batch_size - filled, (left - skip + step - 1) // step)
+            span = (take - 1) * step + 1
+            positions = np.arange(self.current_row, self.current_row + span, step)
+            rows = positions if self.data_permutation is None else \
+                self.data_permutation[positions]
+            self._read(rows, filled)
             filled += take
-            self.current_row += take
+            self.current_row += span
+            self.offset += span
         for blob, staging in zip(top, self._staging):
             blob.mutable_device_data().copy_(torch.from_numpy(staging))
 
     def backward(self, top, propagate_down, bottom) -> None:
         """Data layers have no backward."""
+
+    def __del__(self) -> None:
+        self._close_file()

@@ -5,14 +5,16 @@ Caffe type ``HDF5Output``; reads ``hdf5_output_param.file_name``. Two bottoms, n
     bottom[0]  data   N x ...   -> dataset "data"  (N x C x H x W, Caffe's legacy 4-D shape)
     bottom[1]  label  N x ...   -> dataset "label" (N x C x H x W)
 
-The file is created (truncated) at setup; each forward rewrites it with the bottoms it received,
-atomically (a temporary file then os.replace). Values are written in the blobs' dtype (float32
-for float nets, as Caffe's H5LTmake_dataset_float). No backward.
+Unlike Caffe, setup does not create (truncate) the file: building a net writes nothing, so a
+model cannot clobber a file by being loaded. Each forward rewrites it with the bottoms it
+received, atomically (a temporary file then os.replace). Values are written in the blobs'
+dtype (float32 for float nets, as Caffe's H5LTmake_dataset_float). No backward.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +41,8 @@ def write_hdf5_atomically(filename: str, datasets: dict[str, np.ndarray]) -> Non
     except OSError as exc:
         raise DataError(f"Failed to open HDF5 file {filename!r}: "
                         f"{exc.strerror or exc}") from None
+    except (RuntimeError, ValueError) as exc:  # h5py's write failures (a full disk)
+        raise DataError(f"Failed to write HDF5 file {filename!r}: {exc}") from None
 
 
 @register("HDF5Output")
@@ -51,10 +55,15 @@ class HDF5OutputLayer(Layer):
     def setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         self.file_name = self.layer_param.hdf5_output_param.file_name
         self.check(bool(self.file_name), "hdf5_output_param.file_name is not set")
-        try:
-            write_hdf5_atomically(self.file_name, {})
-        except DataError as exc:
-            raise DataError(f"{self.type_name} layer {self.name!r}: {exc}") from None
+        # Caffe creates (truncates) the file here; building a net must not replace a file, so
+        # only the folder is checked and the first forward writes.
+        folder = os.path.dirname(os.path.abspath(self.file_name))
+        if not os.path.isdir(folder):
+            raise DataError(f"{self.type_name} layer {self.name!r}: Failed to open HDF5 file "
+                            f"{self.file_name!r}: folder {folder!r} does not exist")
+        if os.path.isdir(self.file_name):
+            raise DataError(f"{self.type_name} layer {self.name!r}: Failed to open HDF5 file "
+                            f"{self.file_name!r}: it is a directory")
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         """No tops to shape."""

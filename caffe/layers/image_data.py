@@ -1,7 +1,9 @@
 """ImageData layer: batches of image files named in a list file.
 
 Caffe type ``ImageData``; reads ``image_data_param`` (source, root_folder, batch_size, shuffle,
-rand_skip, new_height/new_width, is_color) and ``transform_param``. No bottoms.
+rand_skip, new_height/new_width, is_color) and ``transform_param``. No bottoms. In TRAIN with
+several solvers, solver r reads entries r, r + solver_count, ... of each epoch's permutation,
+the same permutation on every solver.
 
     source file: one ``<path> <label>`` per line (the label follows the last space)
     top[0]  data   N x C x h x w   (C = 3 if is_color else 1, BGR; h, w: the crop size, or the
@@ -52,8 +54,9 @@ def read_image_list(source: str) -> list[tuple[str, int]]:
 
 
 class ImageBatchLoader(ImageListLoader):
-    def __init__(self, lines, param, shuffle_rng, transformer, dtype, where: str) -> None:
-        super().__init__(lines, param, shuffle_rng, dtype, where)
+    def __init__(self, lines, param, shuffle_rng, transformer, dtype, where: str,
+                 shard: tuple[int, int] = (1, 0)) -> None:
+        super().__init__(lines, param, shuffle_rng, dtype, where, shard)
         self.transformer = transformer
         self.threads = decode_threads()
 
@@ -92,8 +95,10 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         batch_size = int(p.batch_size)
         self.check(batch_size > 0, f"Positive batch size required, got {batch_size}")
         lines, where = open_image_list(self, p.source, read_image_list, "is empty")
-        rng = common.numpy_rng() if p.shuffle else None
-        loader = ImageBatchLoader(lines, p, rng, self.transformer, self.np_dtype, where)
+        # With several solvers, the same permutation on every rank; each reads its slice.
+        rng = common.shared_numpy_rng(self.name) if p.shuffle else None
+        loader = ImageBatchLoader(lines, p, rng, self.transformer, self.np_dtype, where,
+                                  common.shard(self.phase))
         start_image_list(self, loader, p, "images")
         image = loader.read(loader.lines[loader.lines_id])
         shape = self.transformer.infer_blob_shape(image)

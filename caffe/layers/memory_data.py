@@ -10,7 +10,9 @@ No bottoms.
 arrays of shape N x channels x height x width and N (or N x 1 x 1 x 1), N a multiple of
 batch_size; no transformation is applied. Each forward copies the next batch and wraps around
 after the last. ``add_datum_vector`` and ``add_mat_vector`` transform Datums or HxWxC images with
-transform_param first, as Caffe's AddDatumVector/AddMatVector.
+transform_param first, as Caffe's AddDatumVector/AddMatVector. In TRAIN with several solvers
+(caffepy), every solver is given the same arrays and solver r reads batches r, r + solver_count,
+... of them (wrapping around), so at every step the solvers read different batches.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from caffe import common
 from caffe.blob import Blob
 from caffe.data.datum import datum_to_image
 from caffe.data.image import to_chw
@@ -103,7 +106,10 @@ class MemoryDataLayer(BaseDataLayer):
         self._data = data
         self._labels = labels
         self._n = n
-        self._pos = 0
+        count, rank = common.shard(self.phase)
+        # Sharding needs a batch for every solver; else every solver reads them all.
+        self._stride = count if n // self.batch_size >= count else 1
+        self._pos = rank * self.batch_size if self._stride > 1 else 0
 
     def add_datum_vector(self, datums) -> None:
         """Transform Datums with transform_param and use them as the data (AddDatumVector)."""
@@ -147,6 +153,7 @@ class MemoryDataLayer(BaseDataLayer):
         top[0].mutable_device_data().copy_(torch.from_numpy(self._data[self._pos:end]))
         top[1].mutable_device_data().view(-1).copy_(
             torch.from_numpy(self._labels[self._pos:end]))
-        self._pos = end % self._n
-        if self._pos == 0:
+        step = self._stride * self.batch_size
+        if self._pos + step >= self._n:
             self.has_new_data = False
+        self._pos = (self._pos + step) % self._n

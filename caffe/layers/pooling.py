@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from caffe import common
+from caffe.functional import pool_window_geometry
 from caffe.layer import Layer, register
 from caffe.layers._conv_util import pool_output_size
 from caffe.proto import caffe_pb2
@@ -87,17 +88,18 @@ class PoolPlan:
         return value
 
     def _inverse_divisor(self) -> torch.Tensor:
-        sizes = []
+        # One copy of Caffe's AVE divisor (the window clipped to the padded input):
+        # caffe.functional's, which the exported modules use too.
+        sizes, empty = [], []
         for i in range(2):
-            start = torch.arange(self.pooled[i], dtype=torch.float64) * self.stride[i] - \
-                self.pad[i]
-            end = torch.clamp(start + self.kernel[i], max=self.in_hw[i] + self.pad[i])
-            sizes.append(end - start)
-        divisor = sizes[0][:, None] * sizes[1][None, :]
-        inv = 1.0 / divisor
-        if self.empty is not None:
-            # Caffe divides an empty sum by a non-positive size here (NaN or -0); we output 0.
-            inv[self.empty] = 0.0
+            _, size, is_empty = pool_window_geometry(self.in_hw[i], self.kernel[i],
+                                                     self.stride[i], self.pad[i],
+                                                     self.pooled[i])
+            sizes.append(torch.tensor(size, dtype=torch.float64))
+            empty.append(torch.tensor(is_empty))
+        inv = 1.0 / (sizes[0][:, None] * sizes[1][None, :])
+        # Caffe divides an empty sum by a non-positive size here (NaN or -0); we output 0.
+        inv[empty[0][:, None] | empty[1][None, :]] = 0.0
         return inv
 
     def _padded_input(self, x: torch.Tensor, fill: float) -> torch.Tensor:

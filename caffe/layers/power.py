@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from caffe.functional import c_pow
 from caffe.layer import NeuronLayer, register
 from caffe.layers.neuron import KeepBottomNeuronLayer
 
@@ -36,7 +37,7 @@ class PowerLayer(KeepBottomNeuronLayer):
     def forward(self, bottom, top):
         y = top[0].mutable_device_data()
         if self.diff_scale == 0:
-            y.fill_(1.0 if self.power == 0 else _c_pow(self.shift, self.power))
+            y.fill_(1.0 if self.power == 0 else c_pow(self.shift, self.power))
             return
         x = self.forward_input(bottom, top)
         torch.mul(x, self.scale, out=y)
@@ -68,18 +69,6 @@ class PowerLayer(KeepBottomNeuronLayer):
         if self.diff_scale == 0 or self.power == 1:
             return bottom[0].device_data()
         return super().forward_input(bottom, top)
-
-
-def _c_pow(base: float, exponent: float) -> float:
-    """C's pow: NaN for a negative base with a fractional exponent, inf for 0 ** negative."""
-    if base == 0 and exponent < 0:
-        return math.inf
-    try:
-        return math.pow(base, exponent)
-    except ValueError:
-        return math.nan
-    except OverflowError:
-        return math.inf
 
 
 def _log_base(layer: NeuronLayer, base: float) -> float:

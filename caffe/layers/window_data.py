@@ -24,6 +24,7 @@ once warped to crop_size, ``context_pad`` pixels of context surround it (and squ
 mirrored at random when ``mirror``, and placed at the padding offset; then
 ``(pixel - mean) * scale``, with the mean_file blob read at the centred crop position plus the
 padding offset. Region arithmetic is in float32 with C's round-half-away-from-zero, as Caffe.
+In TRAIN with several solvers, solver r draws from windows r, r + solver_count, ... of each pool.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from caffe.data import image as cvimage
 from caffe.data.prefetch import BasePrefetchingDataLayer, BatchLoader, decode_threads
 from caffe.errors import DataError
 from caffe.layer import register
+from caffe.untrusted import short_repr
 
 logger = logging.getLogger("caffe")
 
@@ -76,7 +78,8 @@ def parse_window_file(path: str, root_folder: str, fg_threshold: float, bg_thres
         try:
             return kind(tok)
         except ValueError:
-            raise DataError(f"window file {path!r}: expected {what}, got {tok!r}") from None
+            raise DataError(f"window file {path!r}: expected {what}, "
+                            f"got {short_repr(tok)}") from None
 
     fg_t, bg_t = _f32(fg_threshold), _f32(bg_threshold)
     while pos < len(tokens):
@@ -278,6 +281,13 @@ class WindowDataLayer(BasePrefetchingDataLayer):
                                 f"{p.source!r}")
         self.check(len(bg) > 0, f"no background windows (overlap < {p.bg_threshold:g}) in "
                                 f"{p.source!r}")
+        count, rank = common.shard(self.phase)
+        if count > 1:
+            # Each solver draws from its own share of the windows.
+            fg, bg = fg[rank::count], bg[rank::count]
+            self.check(len(fg) > 0 and len(bg) > 0,
+                       f"solver {rank} of {count} gets no foreground or no background window "
+                       f"of {p.source!r}; fewer windows than solvers")
         channels = images[-1][1][0]
         batch_size = int(p.batch_size)
         self.check(batch_size > 0, f"window_data_param.batch_size must be positive, "

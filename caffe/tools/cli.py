@@ -115,9 +115,10 @@ def tool_entry(name: str):
 
 
 # Console scripts under Caffe's own tool names (see pyproject.toml [project.scripts]).
-STANDALONE_TOOLS = ("convert_imageset", "compute_image_mean", "extract_features", "draw_net",
-                    "upgrade_net_proto_text", "upgrade_net_proto_binary",
-                    "upgrade_solver_proto_text", "parse_log", "plot_training_log")
+STANDALONE_TOOLS = ("convert_imageset", "convert_annoset", "compute_image_mean",
+                    "extract_features", "draw_net", "upgrade_net_proto_text",
+                    "upgrade_net_proto_binary", "upgrade_solver_proto_text", "parse_log",
+                    "plot_training_log")
 for _name in STANDALONE_TOOLS:
     globals()[_name] = tool_entry(_name)
 

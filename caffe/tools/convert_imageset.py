@@ -28,6 +28,11 @@ logger = logging.getLogger("caffe")
 def flag_set() -> FlagSet:
     flags = FlagSet(COMMAND, "[FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\nConvert a set of images "
                     "to the leveldb/lmdb format used as input for Caffe.")
+    return define_image_flags(flags)
+
+
+def define_image_flags(flags: FlagSet) -> FlagSet:
+    """The flags convert_imageset shares with convert_annoset (Caffe's and SSD's tools)."""
     flags.define("gray", False, "When this option is on, treat images as grayscale ones")
     flags.define("shuffle", False, "Randomly shuffle the order of images and their labels")
     flags.define("backend", "lmdb", "The backend {lmdb, leveldb} for storing the result")
@@ -65,10 +70,7 @@ def main(argv: list[str]) -> int:
         indices = [int(i) for i in common.numpy_rng().permutation(len(lines))]
     logger.info("A total of %d images.", len(lines))
 
-    count = 0
-    data_size = None
-    with AtomicNewDB(db_name, backend) as db:
-        txn = db.new_transaction()
+    def records():
         for line_id, index in enumerate(indices):
             name, label = lines[index]
             enc = encode_type
@@ -84,13 +86,30 @@ def main(argv: list[str]) -> int:
             except (ValueError, OSError) as exc:
                 logger.error("Could not open or find file %s (%s)", root_folder + name, exc)
                 continue
-            if values["check_size"]:
+            yield f"{line_id:08d}_{name}", name, datum, datum.SerializeToString()
+
+    count = write_records(db_name, backend, records(), bool(values["check_size"]))
+    if count == 0 and lines:
+        raise CaffeError(f"none of the {len(lines)} images in {list_file!r} could be read")
+    return 0
+
+
+def write_records(db_name: str, backend: str, records, check_size: bool = False) -> int:
+    """Write ``(key, name, datum, value)`` records into a new database (atomically, committing
+    every 1000 as Caffe's converters do); return how many were written. ``check_size``: every
+    ``datum`` must hold as many bytes as the first one's channels * height * width."""
+    count = 0
+    data_size = None
+    with AtomicNewDB(db_name, backend) as db:
+        txn = db.new_transaction()
+        for key, name, datum, value in records:
+            if check_size:
                 if data_size is None:
                     data_size = datum.channels * datum.height * datum.width
                 elif len(datum.data) != data_size:
                     raise DataError(f"Incorrect data field size {len(datum.data)} for "
                                     f"{name!r} (the first image has {data_size})")
-            txn.put(f"{line_id:08d}_{name}", datum.SerializeToString())
+            txn.put(key, value)
             count += 1
             if count % 1000 == 0:
                 txn.commit()
@@ -99,6 +118,4 @@ def main(argv: list[str]) -> int:
         if count % 1000 != 0:
             txn.commit()
             logger.info("Processed %d files.", count)
-    if count == 0 and lines:
-        raise CaffeError(f"none of the {len(lines)} images in {list_file!r} could be read")
-    return 0
+    return count

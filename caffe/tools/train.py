@@ -2,7 +2,8 @@
 
 Usage: caffe train -solver solver.prototxt [-weights a.caffemodel[,b.caffemodel] |
 -snapshot X.solverstate] [-gpu ids|all | -cpu_workers N] [-level N] [-stage s1,s2]
-[-sigint_effect stop|snapshot|none] [-sighup_effect stop|snapshot|none].
+[-sigint_effect stop|snapshot|none] [-sighup_effect stop|snapshot|none] [-timeout S]
+[-parallel_test].
 
 As Caffe's ``caffe train``: reads the solver file, puts ``-level`` / ``-stage`` into its
 train_state, picks CPU or GPU (``-gpu``, else the solver's ``solver_mode``), resumes from a
@@ -11,10 +12,13 @@ With several devices (``-gpu 0,1``, ``-gpu all``) or ``-cpu_workers N`` (N > 1; 
 counterpart, not a Caffe flag), one solver process runs per device and their gradients are
 averaged every iteration (:func:`caffe.parallel.train_parallel`); the effective batch size is
 multiplied by the number of solvers, and only the root solver tests, displays and snapshots.
-SIGINT and SIGHUP are turned into solver actions, checked once per iteration: ``snapshot``
-(write a snapshot and go on), ``stop`` (stop training; the final snapshot is still written when
-``snapshot_after_train`` is set) or ``none``. On a terminal, a progress line with an ETA is kept
-under the log.
+Started by torchrun or Slurm (RANK / WORLD_SIZE, or SLURM_PROCID / SLURM_NTASKS, in the
+environment), this process is one of those solvers (:func:`caffe.parallel.train_launched`).
+``-timeout`` bounds how long a dead or hung solver goes unnoticed; ``-parallel_test`` splits
+the test batches over the solvers. SIGINT and SIGHUP (to any solver) are turned into solver
+actions, checked once per iteration: ``snapshot`` (write a snapshot and go on), ``stop`` (stop
+training; the final snapshot is still written when ``snapshot_after_train`` is set) or
+``none``. On a terminal, a progress line with an ETA is kept under the log.
 
 This module also holds what the other brew commands (test, time, device_query) share: their
 flags, the parsing of ``-gpu``, ``-phase``, ``-stage`` and ``-iterations``, and building the
@@ -25,10 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -36,11 +36,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from caffe import common
+from caffe.distributed import DEFAULT_TIMEOUT_S, launch_environment
 from caffe.errors import CaffeError
 from caffe.net import ALLOW_PYTHON_LAYERS_ENV, python_layers_allowed
 from caffe.proto import caffe_pb2
-from caffe.solver import Solver, SolverAction, create_solver
+from caffe.solver import SolverAction, create_solver
 from caffe.tools.flags import FlagSet
+
+# Shared with the launchers in caffe.parallel; kept importable from here for scripts.
+from caffe.training import (  # noqa: F401
+    SignalHandler,
+    TerminalProgress,
+    attach_progress,
+    copy_layers,
+    requested_action,
+)
 
 if TYPE_CHECKING:
     from caffe.net import Net
@@ -57,7 +67,8 @@ BREW_COMMANDS = {
               "caffe train -solver solver.prototxt [-weights w.caffemodel[,w2.caffemodel] | "
               "-snapshot s.solverstate] [flags]",
               ("solver", "snapshot", "weights", "gpu", "cpu_workers", "level", "stage",
-               "sigint_effect", "sighup_effect", "allow_python_layers")),
+               "sigint_effect", "sighup_effect", "allow_python_layers", "timeout",
+               "parallel_test")),
     "test": ("score a model",
              "caffe test -model net.prototxt -weights w.caffemodel [-iterations N] [flags]",
              ("model", "weights", "gpu", "iterations", "phase", "level", "stage",
@@ -107,6 +118,14 @@ def brew_flags(command: str) -> FlagSet:
                                        "iteration (gloo), as -gpu 0,1,... does on GPUs. The "
                                        "effective batch size is multiplied by N. Cannot be "
                                        "combined with -gpu.")
+        flags.define("timeout", DEFAULT_TIMEOUT_S,
+                     "Optional (caffepy); with several solver processes, the seconds after "
+                     "which a solver that died or hangs makes every other one stop with an "
+                     "error naming it (also the limit of each collective).")
+        flags.define("parallel_test", False,
+                     "Optional (caffepy); with several solver processes, every solver scores "
+                     "its share of the test_iter batches (its test data layers read their "
+                     "shard) and the scores are summed, instead of the root testing alone.")
     for name, flag in flags.flags.items():
         flag.own = name in own
     return flags
@@ -184,125 +203,7 @@ def use_devices(gpus: list[int]) -> None:
     common.set_mode_gpu()
 
 
-# --- signals ----------------------------------------------------------------------------------
-def requested_action(effect: str) -> SolverAction:
-    """The solver action a ``-sigint_effect`` / ``-sighup_effect`` value names."""
-    try:
-        return SolverAction(effect)
-    except ValueError:
-        raise CaffeError(f'Invalid signal effect "{effect}" was specified (use snapshot, stop '
-                         f"or none)") from None
-
-
-class SignalHandler:
-    """Records SIGINT / SIGHUP and hands the solver the configured action, once per signal
-    (Caffe's SignalHandler). A context manager: the previous handlers come back on exit."""
-
-    def __init__(self, sigint_action: SolverAction, sighup_action: SolverAction) -> None:
-        self.sigint_action = sigint_action
-        self.sighup_action = sighup_action
-        self.got_sigint = False
-        self.got_sighup = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT:
-            self.got_sigint = True
-        else:
-            self.got_sighup = True
-
-    def __enter__(self) -> SignalHandler:
-        if threading.current_thread() is not threading.main_thread():
-            log.warning("not in the main thread: SIGINT/SIGHUP effects are not installed")
-            return self
-        for sig in (signal.SIGINT, getattr(signal, "SIGHUP", None)):
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
-
-    def check_for_signals(self) -> SolverAction:
-        if self.got_sighup:
-            self.got_sighup = False
-            return self.sighup_action
-        if self.got_sigint:
-            self.got_sigint = False
-            return self.sigint_action
-        return SolverAction.NONE
-
-
-# --- progress on a terminal -------------------------------------------------------------------
-class TerminalProgress:
-    """A solver callback that keeps ``[iter/max_iter pct] elapsed, ETA, iter/s`` on the
-    terminal's last line; it is wiped before each log line (see :meth:`stream`) and redrawn each
-    iteration. Only stderr gets it, and only when stderr is a terminal (:func:`attach_progress`):
-    pipes and glog's log files never see it."""
-
-    def __init__(self, solver: Solver, out) -> None:
-        self.solver = solver
-        self.out = out
-        self.start_time: float | None = None
-        self.start_iter = 0
-        self.shown = False
-
-    def on_start(self) -> None:
-        if self.start_time is None:
-            self.start_time = time.monotonic()
-            self.start_iter = self.solver.iter
-
-    def on_gradients_ready(self) -> None:
-        total = self.solver.param.max_iter - self.start_iter
-        done = self.solver.iter + 1 - self.start_iter
-        if total <= 0 or self.start_time is None:
-            return
-        elapsed = time.monotonic() - self.start_time
-        eta = elapsed / done * (total - done)
-        rate = done / elapsed if elapsed > 0 else 0.0
-        self.out.write(f"\r[{self.solver.iter + 1}/{self.solver.param.max_iter} "
-                       f"{100.0 * (self.solver.iter + 1) / self.solver.param.max_iter:.0f}%] "
-                       f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}, {rate:.3g} iter/s\x1b[K")
-        self.out.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            self.out.write("\r\x1b[K")
-            self.shown = False
-
-    def stream(self):
-        """A stream for the log handler that wipes the progress line before each record."""
-        progress = self
-
-        class _Stream:
-            def write(self, text: str) -> int:
-                progress.clear()
-                return progress.out.write(text)
-
-            def flush(self) -> None:
-                progress.out.flush()
-
-        return _Stream()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 # --- train ------------------------------------------------------------------------------------
-def copy_layers(solver: Solver, model_list: str) -> None:
-    """Load comma-separated weight files into the train net and every test net."""
-    for model in (m for m in model_list.split(",") if m):
-        log.info("Finetuning from %s", model)
-        solver.net.copy_from(model)
-        for test_net in solver.test_nets:
-            test_net.copy_from(model)
-
-
 def main(argv: list[str]) -> int:
     flags = parse_flags(COMMAND, argv)
     # The solver builds its nets (in worker processes too) from the environment's setting.
@@ -355,7 +256,17 @@ def _train(flags: dict[str, object]) -> int:
                          f"with -gpu {flags['gpu']}")
     if cpu_workers:
         gpu = ""
+    if flags["timeout"] <= 0:
+        raise CaffeError(f"-timeout must be a positive number of seconds, got "
+                         f"{flags['timeout']:g}")
     gpus = parse_gpus(gpu)
+    launched = launch_environment()
+    if launched is not None and launched.world_size > 1:
+        if cpu_workers > 1:
+            raise CaffeError(f"-cpu_workers {cpu_workers}: this process is already one of "
+                             f"{launched.world_size} started by {launched.launcher}")
+        return _train_launched(flags, solver_param, launched, gpus, sigint_action,
+                               sighup_action)
     if len(gpus) > 1 or cpu_workers > 1:
         return _train_parallel(flags, solver_param, gpus or cpu_workers, sigint_action,
                                sighup_action)
@@ -404,18 +315,30 @@ def _train_parallel(flags: dict[str, object], solver_param: caffe_pb2.SolverPara
     log.info("Starting Optimization")
     train_parallel(solver_param, devices, weights=flags["weights"] or None,
                    snapshot=flags["snapshot"] or None, source=flags["solver"],
-                   sigint_effect=sigint_action, sighup_effect=sighup_action, progress=True)
+                   sigint_effect=sigint_action, sighup_effect=sighup_action, progress=True,
+                   timeout_s=flags["timeout"], parallel_test=flags["parallel_test"])
     log.info("Optimization Done.")
     return 0
 
 
-def attach_progress(solver: Solver) -> TerminalProgress | None:
-    """On a terminal, show progress and route the glog handler through it."""
-    if not sys.stderr.isatty():
-        return None
-    from caffe.log import install_glog_handler
+def _train_launched(flags: dict[str, object], solver_param: caffe_pb2.SolverParameter,
+                    launched, gpus: list[int], sigint_action: SolverAction,
+                    sighup_action: SolverAction) -> int:
+    """This process is one solver of a job torchrun or Slurm started: join it and train. In
+    GPU mode (``-gpu`` or the solver's solver_mode) the device is LOCAL_RANK, or the
+    LOCAL_RANK-th of the ``-gpu`` list when it names several."""
+    from caffe.parallel import SolverJob, train_launched
 
-    progress = TerminalProgress(solver, sys.stderr)
-    install_glog_handler(progress.stream(), level=logging.getLogger("caffe").getEffectiveLevel())
-    solver.add_callback(progress)
-    return progress
+    if launched.rank == 0:
+        log.info("Starting Optimization")
+    job = SolverJob(solver_param=solver_param.SerializeToString(), source=flags["solver"],
+                    count=launched.world_size, uid="env://", weights=flags["weights"],
+                    snapshot=flags["snapshot"], devices=gpus if len(gpus) > 1 else None,
+                    sigint_effect=sigint_action, sighup_effect=sighup_action,
+                    log_level=logging.getLogger("caffe").getEffectiveLevel(),
+                    progress=launched.rank == 0, timeout_s=flags["timeout"],
+                    parallel_test=flags["parallel_test"])
+    train_launched(launched, job, gpu=bool(gpus))
+    if launched.rank == 0:
+        log.info("Optimization Done.")
+    return 0
