@@ -137,6 +137,34 @@ def test_hdf5_data_shards_rows_by_solver_rank(tmp_path):
     assert test_top[1].data.tolist() == [0, 1, 2, 3]  # TEST is not sharded
 
 
+def test_hdf5_data_shards_are_disjoint_and_cover_one_epoch(tmp_path):
+    """Over one pass through 7 rows in 2 files, ranks 0, 1, 2 of 3 read 3, 2 and 2 rows: no
+    row twice, every row once."""
+    for name, first, n in (("a.h5", 0, 3), ("b.h5", 3, 4)):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["data"] = np.arange(first, first + n, dtype=np.float32)[:, None]
+            f["label"] = np.arange(first, first + n, dtype=np.float32)
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.h5'}\n{tmp_path / 'b.h5'}\n")
+    shards = []
+    try:
+        common.set_solver_count(3)
+        for rank in range(3):
+            common.set_solver_rank(rank)
+            layer = make_data_layer(f"type: 'HDF5Data' top: 'data' top: 'label' "
+                                    f"hdf5_data_param {{ source: '{tmp_path / 'list.txt'}' "
+                                    f"batch_size: 1 }}", phase="TRAIN")
+            top = setup_layer(layer)
+            rows = []
+            for _ in range(len(range(rank, 7, 3))):
+                layer.Forward([], top)
+                rows.append(int(top[1].data[0]))
+            shards.append(rows)
+    finally:
+        common.set_solver_count(1)
+        common.set_solver_rank(0)
+    assert sorted(sum(shards, [])) == list(range(7))
+
+
 def test_hdf5_dataset_beyond_int_max_is_refused_before_reading(tmp_path):
     path = tmp_path / "huge.h5"
     with h5py.File(path, "w") as f:

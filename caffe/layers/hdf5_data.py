@@ -31,7 +31,6 @@ from caffe.blob import INT_MAX, Blob
 from caffe.data.prefetch import numpy_dtype
 from caffe.errors import DataError
 from caffe.layer import Layer, register
-from caffe.proto import caffe_pb2
 
 logger = logging.getLogger("caffe")
 
@@ -203,9 +202,8 @@ class HDF5DataLayer(Layer):
         self.top_names = list(self.layer_param.top) or [f"top{i}" for i in range(len(top))]
         self.check(len(self.top_names) == len(top),
                    f"{len(top)} top blobs but {len(self.top_names)} top names")
-        train = self.phase == caffe_pb2.TRAIN
-        self.solver_count = common.solver_count() if train else 1
-        self.solver_rank = common.solver_rank() if train else 0
+        # TRAIN shards by rank (and TEST too under caffepy's parallel test), as Data does.
+        self.solver_count, self.solver_rank = common.shard(self.phase)
         self.offset = 0
         self._file = None
         logger.info("Loading list of HDF5 filenames from: %s", p.source)
