@@ -1,8 +1,9 @@
 """caffepy: BVLC Caffe 1.0 in Python. ``import caffe`` offers what pycaffe offered."""
 
+# _threads comes first: it sets torch's OpenMP wait policy before anything imports torch.
 # pycaffe exposes caffe.io as an attribute; caffe.log is callable (caffe.log(message), as
 # pycaffe) and, imported, puts glog lines on stderr as pycaffe does
-from caffe import io, log
+from caffe import _threads, io, log  # noqa: F401  (_threads: imported for its effect)
 from caffe.blob import Blob
 from caffe.classifier import Classifier
 from caffe.common import (
@@ -11,6 +12,7 @@ from caffe.common import (
     set_mode_cpu,
     set_mode_gpu,
     set_multiprocess,
+    set_num_threads,
     set_random_seed,
     set_solver_count,
     set_solver_rank,
@@ -45,6 +47,7 @@ __all__ = [
     "Blob", "CaffeError", "Classifier", "Detector", "Layer", "Net", "NetSpec", "Timer", "io",
     "init_log", "log",
     "layers", "params", "to_proto", "Phase", "TEST", "TRAIN", "has_nccl", "layer_type_list",
-    "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
+    "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_num_threads",
+    "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank",
 ]

@@ -67,17 +67,21 @@ class Blob:
             self._diff = SyncedMemory(count, self.dtype)
 
     def reshape_like(self, other: Blob) -> None:
+        """Reshape to ``other``'s shape (Caffe's ReshapeLike)."""
         self.reshape(other.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The dims, as a tuple."""
         return tuple(self._shape)
 
     def shape_at(self, index: int) -> int:
+        """The dim of one axis; a negative axis counts from the end."""
         return self._shape[self.canonical_axis_index(index)]
 
     @property
     def count(self) -> int:
+        """The number of elements (product of the dims)."""
         return self._count
 
     def count_range(self, start: int, end: int | None = None) -> int:
@@ -90,10 +94,12 @@ class Blob:
 
     @property
     def num_axes(self) -> int:
+        """The number of axes."""
         return len(self._shape)
 
     @property
     def capacity(self) -> int:
+        """Elements allocated; reshape reallocates only when count grows past it."""
         return self._capacity
 
     def canonical_axis_index(self, axis_index: int) -> int:
@@ -114,24 +120,30 @@ class Blob:
 
     @property
     def num(self) -> int:
+        """Legacy 4-D accessor: dim 0 (1 when missing)."""
         return self._legacy(0)
 
     @property
     def channels(self) -> int:
+        """Legacy 4-D accessor: dim 1 (1 when missing)."""
         return self._legacy(1)
 
     @property
     def height(self) -> int:
+        """Legacy 4-D accessor: dim 2 (1 when missing)."""
         return self._legacy(2)
 
     @property
     def width(self) -> int:
+        """Legacy 4-D accessor: dim 3 (1 when missing)."""
         return self._legacy(3)
 
     def shape_string(self) -> str:
+        """The shape as Caffe logs it: ``"2 3 4 (24)"``."""
         return " ".join(str(d) for d in self._shape) + f" ({self._count})"
 
     def offset(self, *indices: int) -> int:
+        """Row-major flat index of ``indices`` (missing trailing indices count as 0)."""
         off = 0
         for axis, d in enumerate(self._shape):
             off = off * d + (indices[axis] if axis < len(indices) else 0)
@@ -152,15 +164,19 @@ class Blob:
 
 
     def cpu_data(self) -> np.ndarray:
+        """Read-only host view of the values (copied from the device first when newer there)."""
         return self._shaped(self._data.cpu_data())
 
     def mutable_cpu_data(self) -> np.ndarray:
+        """Writable host view of the values; marks the device copy stale."""
         return self._shaped(self._data.mutable_cpu_data())
 
     def cpu_diff(self) -> np.ndarray:
+        """Read-only host view of the gradients (copied from the device first when newer)."""
         return self._shaped(self._diff.cpu_data())
 
     def mutable_cpu_diff(self) -> np.ndarray:
+        """Writable host view of the gradients; marks the device copy stale."""
         return self._shaped(self._diff.mutable_cpu_data())
 
     @property
@@ -184,15 +200,19 @@ class Blob:
     # --- device tensors (torch), for layer math --------------------------------------------
 
     def gpu_data(self) -> torch.Tensor:
+        """The values as a device tensor (treat as read-only)."""
         return self._shaped(self._data.gpu_data())
 
     def mutable_gpu_data(self) -> torch.Tensor:
+        """The values as a writable device tensor; marks the host copy stale."""
         return self._shaped(self._data.mutable_gpu_data())
 
     def gpu_diff(self) -> torch.Tensor:
+        """The gradients as a device tensor (treat as read-only)."""
         return self._shaped(self._diff.gpu_data())
 
     def mutable_gpu_diff(self) -> torch.Tensor:
+        """The gradients as a writable device tensor; marks the host copy stale."""
         return self._shaped(self._diff.mutable_gpu_data())
 
     def device_data(self) -> torch.Tensor:
@@ -200,12 +220,15 @@ class Blob:
         return self._shaped(self._data.device_tensor())
 
     def mutable_device_data(self) -> torch.Tensor:
+        """Writable values on the current mode's device; marks the other copy stale."""
         return self._shaped(self._data.mutable_device_tensor())
 
     def device_diff(self) -> torch.Tensor:
+        """Gradients on the current mode's device (treat as read-only)."""
         return self._shaped(self._diff.device_tensor())
 
     def mutable_device_diff(self) -> torch.Tensor:
+        """Writable gradients on the current mode's device; marks the other copy stale."""
         return self._shaped(self._diff.mutable_device_tensor())
 
     @property
@@ -230,10 +253,12 @@ class Blob:
 
     @property
     def data_mem(self) -> SyncedMemory:
+        """The SyncedMemory holding the values (shared by ``share_data``)."""
         return self._data
 
     @property
     def diff_mem(self) -> SyncedMemory:
+        """The SyncedMemory holding the gradients (shared by ``share_diff``)."""
         return self._diff
 
     # --- sharing and arithmetic ------------------------------------------------------------
@@ -259,26 +284,33 @@ class Blob:
         self.mutable_device_data().sub_(self.device_diff())
 
     def asum_data(self) -> float:
+        """Sum of absolute values of the data (Caffe's asum_data; 0 for an empty blob)."""
         return float(self.device_data().abs().sum()) if self._count else 0.0
 
     def asum_diff(self) -> float:
+        """Sum of absolute values of the diff (0 for an empty blob)."""
         return float(self.device_diff().abs().sum()) if self._count else 0.0
 
     def sumsq_data(self) -> float:
+        """Sum of squares of the data, as L2 regularization and clipping use it."""
         return float(self.device_data().square().sum()) if self._count else 0.0
 
     def sumsq_diff(self) -> float:
+        """Sum of squares of the diff, as gradient clipping uses it."""
         return float(self.device_diff().square().sum()) if self._count else 0.0
 
     def scale_data(self, factor: float) -> None:
+        """Multiply the data in place by ``factor``."""
         if self._count:
             self.mutable_device_data().mul_(factor)
 
     def scale_diff(self, factor: float) -> None:
+        """Multiply the diff in place by ``factor`` (iter_size normalization, clipping)."""
         if self._count:
             self.mutable_device_diff().mul_(factor)
 
     def shape_equals(self, proto) -> bool:
+        """Whether a BlobProto's shape (or legacy num/channels/height/width) matches."""
         return list(self._shape) == proto_shape(proto)
 
     def copy_from(self, source: Blob, copy_diff: bool = False, reshape: bool = False) -> None:
@@ -294,8 +326,13 @@ class Blob:
             self.mutable_device_data().copy_(source.device_data())
 
     # --- proto -------------------------------------------------------------------------------
-    def from_proto(self, proto, reshape: bool = True) -> None:
-        """Load a BlobProto: ``shape`` or legacy num/channels/height/width; float or double."""
+    def from_proto(self, proto, reshape: bool = True, packed: dict | None = None) -> None:
+        """Load a BlobProto: ``shape`` or legacy num/channels/height/width; float or double.
+
+        ``packed`` maps field numbers (5: data, 8: double_data) to values cut out of the proto
+        by caffe.caffemodel (``len`` and ``read_into``); they are read straight into the
+        blob's host buffer instead of going through a parsed repeated field.
+        """
         shape = proto_shape(proto)
         if reshape:
             self.reshape(shape)
@@ -303,15 +340,20 @@ class Blob:
             raise CaffeError(f"from_proto: blob shape {self.shape_string()} does not match "
                              f"proto shape {shape}")
         np_dtype = _NP_DTYPES[self.dtype]
-        stored = len(proto.double_data) or len(proto.data)
+        packed = packed or {}
+        data = packed.get(5, proto.data)
+        double_data = packed.get(8, proto.double_data)
+        stored = len(double_data) or len(data)
         if stored != self._count:  # checked before the blob's memory is touched
             raise CaffeError(f"from_proto: {stored} values for a blob of shape "
                              f"{self.shape_string()}")
-        if len(proto.double_data):
-            values = np.asarray(proto.double_data, dtype=np.float64)
-        else:
-            values = np.asarray(proto.data, dtype=np.float32)
-        self.mutable_cpu_data()[...] = values.astype(np_dtype).reshape(self._shape)
+        values = double_data if len(double_data) else data
+        target = self._data.mutable_cpu_data()[:self._count]
+        if hasattr(values, "read_into"):
+            values.read_into(target)
+        else:  # a parsed repeated field: straight into the blob's buffer, converting once
+            wire = np.float64 if values is double_data else np.float32
+            target[...] = np.asarray(values, dtype=wire)
         diff = proto.double_diff if len(proto.double_diff) else proto.diff
         if len(diff):
             if len(diff) != self._count:

@@ -39,6 +39,7 @@ def set_mode_gpu() -> None:
 
 
 def mode() -> str:
+    """The current mode: ``"CPU"`` or ``"GPU"`` (``caffe.set_mode_cpu`` / ``set_mode_gpu``)."""
     return _state.mode
 
 
@@ -90,26 +91,32 @@ def numpy_rng() -> np.random.Generator:
 
 
 def solver_count() -> int:
+    """How many solvers train together (pycaffe's ``solver_count``; 1 unless data-parallel)."""
     return _solver["count"]
 
 
 def set_solver_count(count: int) -> None:
+    """Set the number of solvers training together; data layers shard by it."""
     _solver["count"] = int(count)
 
 
 def solver_rank() -> int:
+    """This process's solver rank (0 is the root solver, which logs, tests and snapshots)."""
     return _solver["rank"]
 
 
 def set_solver_rank(rank: int) -> None:
+    """Set this process's solver rank."""
     _solver["rank"] = int(rank)
 
 
 def set_multiprocess(multiprocess: bool) -> None:
+    """Mark this process as one of several solver processes (pycaffe's ``set_multiprocess``)."""
     _solver["multiprocess"] = bool(multiprocess)
 
 
 def multiprocess() -> bool:
+    """Whether this process is one of several solver processes."""
     return _solver["multiprocess"]
 
 
@@ -120,6 +127,7 @@ def set_parallel_test(parallel: bool) -> None:
 
 
 def parallel_test() -> bool:
+    """Whether TEST passes are split over the ranks (``caffe train -parallel_test``)."""
     return _solver.get("parallel_test", False)
 
 
@@ -152,8 +160,43 @@ def set_shared_seed(seed: int | None) -> None:
 
 
 def root_solver() -> bool:
+    """Whether this is the root solver (rank 0)."""
     return _solver["rank"] == 0
 
 
 def has_nccl() -> bool:
+    """Whether NCCL all-reduce is available (CUDA torch with NCCL), as pycaffe's ``has_nccl``."""
     return torch.cuda.is_available() and torch.distributed.is_nccl_available()
+
+
+def set_num_threads(count: int) -> None:
+    """Torch's intra-op thread count (as ``OMP_NUM_THREADS`` sets it at start-up).
+
+    One thread is often fastest for tiny nets and on a machine where other processes hold the
+    cores; see README, "Threads".
+    """
+    if int(count) < 1:
+        raise CaffeError(f"set_num_threads: thread count must be at least 1, got {count}")
+    torch.set_num_threads(int(count))
+
+
+def num_threads() -> int:
+    """Torch's intra-op thread count."""
+    return torch.get_num_threads()
+
+
+def threads_summary() -> str:
+    """One log line: intra-op threads, OMP_NUM_THREADS and the OpenMP wait policy in force."""
+    import os
+
+    from caffe import _threads
+
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    if _threads.WAIT_POLICY_SET_BY_CAFFE:
+        origin = "set by caffe"
+    elif _threads.TORCH_LOADED_FIRST:
+        origin = "torch was imported before caffe; OpenMP kept the policy it read then"
+    else:
+        origin = "from the environment"
+    return (f"CPU threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), OMP_WAIT_POLICY={policy} ({origin})")

@@ -116,6 +116,7 @@ class DetectionAccumulator:
 
     @property
     def has_detections(self) -> bool:
+        """Whether any detection rows were added."""
         return any(part.shape[0] for part in self._parts)
 
     def average_precisions(self, ap_version: str = "Integral") -> dict[int, float]:

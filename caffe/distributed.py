@@ -59,6 +59,7 @@ class LaunchEnvironment:
     launcher: str  # "torchrun" or "slurm"
 
     def describe(self) -> str:
+        """One log line: rank, world size, local rank, launcher and rendezvous address."""
         return (f"rank {self.rank} of {self.world_size} (local rank {self.local_rank}, "
                 f"{self.launcher}, rendezvous {self.master_addr}:{self.master_port})")
 
@@ -161,12 +162,14 @@ class Watchdog:
 
     # --- the thread --------------------------------------------------------------------------
     def start(self) -> Watchdog:
+        """Register this rank as alive and start the heartbeat thread; returns self."""
         self.store.add(f"alive/{self.rank}", 1)
         self._thread = threading.Thread(target=self._run, name="caffe-watchdog", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
+        """Stop the heartbeat thread."""
         self._stop.set()
 
     def _run(self) -> None:

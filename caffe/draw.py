@@ -57,9 +57,11 @@ class NetGraph:
     edges: list[tuple[str, str, str]] = field(default_factory=list)
 
     def layer_nodes(self) -> list[GraphNode]:
+        """The nodes that stand for layers."""
         return [n for n in self.nodes.values() if n.kind == "layer"]
 
     def blob_nodes(self) -> list[GraphNode]:
+        """The nodes that stand for blobs."""
         return [n for n in self.nodes.values() if n.kind == "blob"]
 
 

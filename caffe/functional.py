@@ -110,7 +110,7 @@ def _conv_nd_generic(x, weight, stride, pad, dilation, group):
 def convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                 stride: tuple, pad: tuple, dilation: tuple, group: int = 1,
                 axis: int = 1, transposed: bool = False) -> torch.Tensor:
-    """Caffe's Convolution (``transposed``: Deconvolution) of x (..., C, *spatial), C on
+    """Caffe's Convolution (``transposed``: Deconvolution) of x ``(..., C, *spatial)``, C on
     ``axis``: out = (in + 2 pad - extent) / stride + 1 (floor), or for Deconvolution
     stride (in - 1) + extent - 2 pad, extent = dilation (kernel - 1) + 1."""
     lead = x.shape[:axis]
@@ -294,15 +294,17 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """Caffe's Sigmoid: 1 / (1 + exp(-x))."""
     return torch.sigmoid(x)
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
+    """Caffe's TanH."""
     return torch.tanh(x)
 
 
 def absval(x: torch.Tensor) -> torch.Tensor:
-    """|x|; the gradient is sign(x), 0 at 0."""
+    """``|x|``; the gradient is sign(x), 0 at 0."""
     return torch.abs(x)
 
 
@@ -452,6 +454,7 @@ def mvn(x: torch.Tensor, *, normalize_variance: bool = True, across_channels: bo
 # --- blob plumbing ---------------------------------------------------------------------------
 
 def concat(*xs: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """Caffe's Concat of ``xs`` along ``axis`` (one bottom passes through)."""
     return xs[0] if len(xs) == 1 else torch.cat(xs, dim=axis)
 
 
@@ -529,6 +532,7 @@ def eltwise(*xs: torch.Tensor, operation: int = ELTWISE_SUM, coeff: tuple = ()) 
 
 
 def softmax(x: torch.Tensor, *, axis: int = 1) -> torch.Tensor:
+    """Caffe's Softmax over ``axis``."""
     return torch.softmax(x, dim=axis)
 
 

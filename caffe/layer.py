@@ -51,6 +51,26 @@ def _load_builtin_layers() -> None:
     import caffe.layers  # noqa: F401  (registers every built-in type on import)
 
 
+#: torch's parallel grain size (at::internal::GRAIN_SIZE): below it torch's own elementwise
+#: kernels stay on one thread, but some (softmax, convolution) still open a parallel region,
+#: which costs ~60 us on a busy 2-core machine against ~3 us of work
+SMALL_LAYER_COUNT = 32768
+
+
+def _one_thread_if_small(layer: Layer, bottom: Sequence[Blob], top: Sequence[Blob]) -> int:
+    """Drop torch to one thread for a parameter-free layer whose blobs hold fewer than
+    SMALL_LAYER_COUNT values in all; returns the thread count to restore afterwards (0: nothing
+    changed). Layers with parameters keep the pool: their GEMMs can round differently on one
+    thread than on two (LeNet's weights moved by 6e-8), and numbers must not depend on this."""
+    threads = torch.get_num_threads()
+    if threads == 1 or len(layer.blobs):
+        return 0
+    if sum(b.count for b in bottom) + sum(b.count for b in top) >= SMALL_LAYER_COUNT:
+        return 0
+    torch.set_num_threads(1)
+    return threads
+
+
 class Layer:
     """One computation over lists of bottom and top Blobs.
 
@@ -97,10 +117,12 @@ class Layer:
 
     @property
     def type(self) -> str:
+        """The layer's Caffe type string, e.g. ``"Convolution"``."""
         return self.type_name
 
     @property
     def name(self) -> str:
+        """The layer's name from its LayerParameter."""
         return self.layer_param.name
 
     def check(self, condition: bool, message: str) -> None:
@@ -120,6 +142,8 @@ class Layer:
         """Shape the tops (and internal buffers) from the bottoms."""
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Compute the tops from the bottoms (Caffe's Forward_cpu/gpu); a loss layer writes its loss
+        into its top."""
         raise NotImplementedError
 
     def backward(self, top: Sequence[Blob], propagate_down: Sequence[bool],
@@ -139,7 +163,12 @@ class Layer:
     def Forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> float:  # noqa: N802
         """Reshape, run forward, and return the weighted loss of the loss-bearing tops."""
         self.reshape(bottom, top)
-        self.forward(bottom, top)
+        threads = _one_thread_if_small(self, bottom, top)
+        try:
+            self.forward(bottom, top)
+        finally:
+            if threads:
+                torch.set_num_threads(threads)
         loss = 0.0
         for i, weight in enumerate(self.loss_weights):
             if weight and i < len(top):
@@ -152,9 +181,17 @@ class Layer:
 
     def Backward(self, top: Sequence[Blob], propagate_down: Sequence[bool],  # noqa: N802
                  bottom: Sequence[Blob]) -> None:
-        self.backward(top, propagate_down, bottom)
+        """C++ Caffe's spelling of ``backward``."""
+        threads = _one_thread_if_small(self, bottom, top)
+        try:
+            self.backward(top, propagate_down, bottom)
+        finally:
+            if threads:
+                torch.set_num_threads(threads)
 
     def check_blob_counts(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """Raise a LayerError naming the layer when the bottom or top count breaks the class's
+        exact/min/max counts."""
         nb, nt = len(bottom), len(top)
         if self.exact_num_bottom >= 0:
             self.check(nb == self.exact_num_bottom,
@@ -191,6 +228,7 @@ class Layer:
                 blob.mutable_device_diff().fill_(weight)
 
     def loss(self, top_index: int) -> float:
+        """The loss weight of top ``top_index`` (0 for tops that are not losses)."""
         return self.loss_weights[top_index] if top_index < len(self.loss_weights) else 0.0
 
     def to_proto(self, write_diff: bool = False):

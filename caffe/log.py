@@ -95,6 +95,8 @@ class GlogFlags:
 
     @classmethod
     def from_env(cls, environ=None) -> GlogFlags:
+        """glog's settings from the ``GLOG_<name>`` environment variables (defaults for unset
+        ones)."""
         environ = os.environ if environ is None else environ
         flags = cls()
         for field in dataclasses.fields(cls):
@@ -165,6 +167,7 @@ class GlogFileHandler(logging.Handler):
         self.setFormatter(GlogFormatter())
 
     def file_name(self, severity: int, created: float) -> str:
+        """glog's log file name: ``<program>.<host>.<user>.log.<SEVERITY>.<date>-<time>.<pid>``."""
         t = time.localtime(created)
         return (f"{self.program}.{socket.gethostname()}.{_user_name()}.log."
                 f"{SEVERITIES[severity]}.{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}-"

@@ -59,10 +59,12 @@ def _dilated_pad(kernel_size: int, dilation: int) -> int:
 
 
 def check_if_exist(path: str) -> bool:
+    """Whether ``path`` exists (SSD's model_libs helper)."""
     return os.path.exists(path)
 
 
 def make_if_not_exist(path: str) -> None:
+    """Create directory ``path`` and its parents when missing (SSD's model_libs helper)."""
     if not os.path.exists(path):
         os.makedirs(path)
 

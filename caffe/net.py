@@ -67,10 +67,13 @@ def filter_net(param: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
 
 # --- Split insertion ----------------------------------------------------------------------------
 def split_layer_name(layer_name: str, blob_name: str, top_index: int) -> str:
+    """Caffe's name of the Split layer inserted for top ``top_index`` of a layer:
+    ``<blob>_<layer>_<i>_split``."""
     return f"{blob_name}_{layer_name}_{top_index}_split"
 
 
 def split_blob_name(layer_name: str, blob_name: str, top_index: int, split_index: int) -> str:
+    """Caffe's name of one Split output: ``<blob>_<layer>_<i>_split_<j>``."""
     return f"{blob_name}_{layer_name}_{top_index}_split_{split_index}"
 
 
@@ -662,11 +665,13 @@ class Net:
                      sumsq_diff ** 0.5)
 
     def forward_backward(self) -> float:
+        """One forward and one backward pass over the current inputs; returns the loss."""
         loss = self.forward_prefilled()
         self.backward_all()
         return loss
 
     def clear_param_diffs(self) -> None:
+        """Zero the diffs of the learnable parameters (the solver does it before each iteration)."""
         for blob in self.learnable_params:
             if blob.count:
                 blob.mutable_device_diff().zero_()
@@ -704,16 +709,29 @@ class Net:
                          blob.asum_diff() / max(blob.count, 1))
 
     # --- weights in and out ---------------------------------------------------------------------
-    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, origin: str = "") -> None:
-        """Copy parameters layer by layer, matched by name (Caffe's CopyTrainedLayersFrom)."""
+    def copy_trained_layers_from(self, source: caffe_pb2.NetParameter, origin: str = "",
+                                 packed: dict | None = None) -> None:
+        """Copy parameters layer by layer, matched by name (Caffe's CopyTrainedLayersFrom).
+
+        ``packed[(layer index, blob index)]``: blob values cut out of ``source`` by
+        caffe.caffemodel, indexed as ``source.layer`` (or ``source.layers`` for V1), which the
+        V1 upgrade keeps one to one.
+        """
         where = f" from {origin}" if origin else ""
+        packed = packed or {}
         source_layers = source.layer
         if not len(source_layers) and len(source.layers):
             from caffe.upgrade import upgrade_net_as_needed
 
+            names = [layer.name for layer in source.layers]
             source = upgrade_net_as_needed(source, origin or "<weights>")
             source_layers = source.layer
-        for src in source_layers:
+            shift = len(source_layers) - len(names)  # an Input layer put in front of them
+            if packed and [layer.name for layer in source_layers][shift:] != names:
+                raise NetError(f"{origin or '<weights>'}: the V1 upgrade did not keep the "
+                               f"layers in order; cannot place their blob values")
+            packed = {(index + shift, j): values for (index, j), values in packed.items()}
+        for index, src in enumerate(source_layers):
             target_id = self.layer_names_index.get(src.name)
             if target_id is None:
                 log.info("Ignoring source layer %s", src.name)
@@ -735,7 +753,7 @@ class Net:
                         f"parameters from scratch rather than copying from a saved net, rename "
                         f"the layer.")
                 try:
-                    target.from_proto(proto, reshape=False)
+                    target.from_proto(proto, reshape=False, packed=packed.get((index, j)))
                 except CaffeError as exc:
                     raise NetError(f"{origin or '<weights>'}: layer {src.name!r}, param {j}: "
                                    f"{exc}") from None
@@ -746,10 +764,16 @@ class Net:
         if filename.endswith((".h5", ".hdf5")):
             self.load_hdf5(filename)
             return
+        from caffe.caffemodel import read_caffemodel
         from caffe.protoio import read_binary_proto
 
-        param = read_binary_proto(filename, caffe_pb2.NetParameter(), "caffemodel")
-        self.copy_trained_layers_from(param, filename)
+        reader = read_caffemodel(filename)  # packed values read straight into the blobs
+        if reader is None:  # an encoding the fast scan leaves to protobuf, or a broken file
+            param = read_binary_proto(filename, caffe_pb2.NetParameter(), "caffemodel")
+            self.copy_trained_layers_from(param, filename)
+            return
+        with reader:
+            self.copy_trained_layers_from(reader.param, filename, reader.packed)
 
     def share_with(self, other: Net) -> None:
         """Share parameter data with ``other`` by layer name (ShareTrainedLayersWith)."""
@@ -868,36 +892,44 @@ class Net:
     # --- pycaffe surface -----------------------------------------------------------------------
     @property
     def blobs(self) -> OrderedDict[str, Blob]:
+        """pycaffe's ``net.blobs``: blob name to Blob, in the order the net created them."""
         return OrderedDict(zip(self._blob_names, self._blobs))
 
     @property
     def layer_dict(self) -> OrderedDict[str, Layer]:
+        """Layer name to Layer, in net order."""
         return OrderedDict(zip(self._layer_names, self.layers))
 
     @property
     def params(self) -> OrderedDict[str, list[Blob]]:
+        """pycaffe's ``net.params``: layer name to its parameter blobs, for layers that have any."""
         return OrderedDict((name, layer.blobs) for name, layer in
                            zip(self._layer_names, self.layers) if layer.blobs)
 
     @property
     def blob_loss_weights(self) -> OrderedDict[str, float]:
+        """Blob name to the loss weight its gradient is scaled by (0 for non-loss blobs)."""
         return OrderedDict(zip(self._blob_names, self._blob_loss_weights))
 
     @property
     def inputs(self) -> list[str]:
+        """Names of the net's input blobs (Input layers' tops and legacy ``input:`` fields)."""
         return [self._blob_names[i] for i in self._inputs]
 
     @property
     def outputs(self) -> list[str]:
+        """Names of the net's output blobs: tops that no layer consumes."""
         return [self._blob_names[i] for i in self._outputs]
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:
+        """Layer name to the names of its top blobs."""
         return OrderedDict((name, [self._blob_names[b] for b in ids]) for name, ids in
                            zip(self._layer_names, self.top_id_vecs))
 
     @property
     def bottom_names(self) -> OrderedDict[str, list[str]]:
+        """Layer name to the names of its bottom blobs."""
         return OrderedDict((name, [self._blob_names[b] for b in ids]) for name, ids in
                            zip(self._layer_names, self.bottom_id_vecs))
 

@@ -318,6 +318,7 @@ class NetSpec:
         top._update(params)
 
     def to_proto(self) -> caffe_pb2.NetParameter:
+        """The NetParameter of every top assigned so far, layers named by their attribute names."""
         return _net_proto(self.tops.values(), {top: name for name, top in self.tops.items()})
 
 

@@ -2,7 +2,7 @@
 on ``torch.distributed`` (backend "nccl" for solvers on CUDA, "gloo" for solvers on the CPU).
 
 Each solver runs in its own process, rank ``r`` of ``solver_count`` (``caffe.set_solver_count``,
-``caffe.set_solver_rank``), with its own copy of the nets. Per iteration:
+``caffe.set_solver_rank``), with its own copy of the nets. Per iteration::
 
     every rank:  forward/backward on its own batch (the TRAIN data layers shard by rank, so the
                  ranks' batches are disjoint)
@@ -394,6 +394,7 @@ class SolverJob:
     parallel_test: bool = False
 
     def where(self, rank: int) -> str:
+        """Where rank ``rank`` runs: ``"GPU <id>"`` or ``"CPU"``, for log lines."""
         return f"GPU {self.devices[rank]}" if self.devices is not None else "CPU"
 
 

@@ -181,6 +181,7 @@ def parse_text(text: str, message: Message, source: str = "<string>") -> Message
 
 
 def read_text_proto(path: str | os.PathLike, message: Message, what: str = "prototxt") -> Message:
+    """Parse a text prototxt into ``message``; errors name the file and line."""
     data = _read_bytes(path, what)
     try:
         text = data.decode("utf-8")
@@ -191,6 +192,7 @@ def read_text_proto(path: str | os.PathLike, message: Message, what: str = "prot
 
 def read_binary_proto(path: str | os.PathLike, message: Message, what: str = "binary proto") \
         -> Message:
+    """Parse a binary proto file into ``message``, refusing files larger than the record budget."""
     data = _read_bytes(path, what)
     check_record_budget(data, message, os.fspath(path))
     try:
@@ -258,10 +260,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_binary_proto(path: str | os.PathLike, message: Message) -> None:
+    """Write ``message`` in binary form, atomically (a temporary file renamed into place)."""
     atomic_write(path, message.SerializeToString())
 
 
 def write_text_proto(path: str | os.PathLike, message: Message) -> None:
+    """Write ``message`` as a text prototxt, atomically."""
     atomic_write(path, text_format.MessageToString(message).encode("utf-8"))
 
 

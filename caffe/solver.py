@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 from google.protobuf import text_format
 
-from caffe.common import root_solver
+from caffe.common import root_solver, threads_summary
 from caffe.errors import CaffeError, SolverError
 from caffe.proto import caffe_pb2
 from caffe.timer import Timer
@@ -159,6 +159,7 @@ class Solver:
         """Caffe's Solver::Init: check the parameters, seed, build the nets."""
         log.info("Initializing solver from parameters: \n%s",
                  text_format.MessageToString(param))
+        log.info("%s", threads_summary())
         self.param = param
         self.iter = 0
         self.current_step = 0
@@ -218,6 +219,8 @@ class Solver:
         return state
 
     def init_train_net(self) -> None:
+        """Build the TRAIN net from exactly one of ``net``, ``net_param``, ``train_net``,
+        ``train_net_param``, with the solver's train_state."""
         p = self.param
         fields = ("net", "net_param", "train_net", "train_net_param")
         given = [f for f in fields if p.HasField(f)]
@@ -249,6 +252,8 @@ class Solver:
         self.net = self._build_net(source, state)
 
     def init_test_nets(self) -> None:
+        """Build one TEST net per ``test_net``/``test_net_param`` (or test_iter entry when a generic
+        net is given), with Caffe's checks on their counts."""
         p = self.param
         if p.HasField("net") and p.HasField("net_param"):
             raise SolverError("Both net_param and net_file may not be specified.")
@@ -304,6 +309,8 @@ class Solver:
         self.action_function = func
 
     def get_requested_action(self) -> SolverAction:
+        """What the action callback (signal handlers in ``caffe train``) asks for: NONE, STOP or
+        SNAPSHOT."""
         if self.action_function is None:
             return SolverAction.NONE
         return self.action_function()
@@ -326,6 +333,7 @@ class Solver:
 
     @property
     def type(self) -> str:
+        """The solver's type string, e.g. ``"SGD"``."""
         return self.type_name
 
     # --- training ------------------------------------------------------------------------------
@@ -424,10 +432,13 @@ class Solver:
             self.losses[idx] = loss
 
     def apply_update(self) -> None:
+        """Turn the accumulated diffs into the update and apply it (each solver type's rule)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement apply_update")
 
     # --- testing -------------------------------------------------------------------------------
     def test_all(self) -> None:
+        """Run every TEST net for its test_iter batches and log the scores, unless an early exit was
+        requested."""
         for test_net_id in range(len(self.test_nets)):
             if self.requested_early_exit:
                 break
@@ -485,9 +496,12 @@ class Solver:
 
     # --- snapshots -----------------------------------------------------------------------------
     def snapshot_filename(self, extension: str) -> str:
+        """``<snapshot_prefix>_iter_<iter><extension>``, Caffe's snapshot file name."""
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
 
     def check_snapshot_write_permissions(self) -> None:
+        """Fail early, before training, when snapshots are asked for but the prefix is unset or its
+        directory is not writable."""
         p = self.param
         if not p.snapshot or not root_solver():
             return
@@ -525,6 +539,7 @@ class Solver:
                               f"'{self.param.snapshot_prefix}'): {exc}") from exc
 
     def snapshot_solver_state(self, model_filename: str) -> None:
+        """Write the solver state (iteration, history blobs) next to the model file."""
         raise NotImplementedError
 
     def restore(self, state_file: str | os.PathLike) -> None:
@@ -539,9 +554,11 @@ class Solver:
             self.restore_solver_state_from_binary_proto(state_file)
 
     def restore_solver_state_from_binary_proto(self, state_file: str) -> None:
+        """Load the iteration and history blobs from a binary ``.solverstate``."""
         raise NotImplementedError
 
     def restore_solver_state_from_hdf5(self, state_file: str) -> None:
+        """Load the iteration and history blobs from an HDF5 ``.solverstate.h5``."""
         raise NotImplementedError
 
     def _learned_net_path(self, learned_net: str, state_file: str) -> str:

@@ -68,10 +68,13 @@ class SyncedMemory:
 
     # --- host side -------------------------------------------------------------------------
     def cpu_tensor(self) -> torch.Tensor:
+        """The host copy as a flat tensor, synced from the device when newer there (read-only
+        use)."""
         self._to_cpu()
         return self._cpu
 
     def mutable_cpu_tensor(self) -> torch.Tensor:
+        """The host copy as a flat writable tensor; the head moves to the host."""
         self._to_cpu()
         self.head = HEAD_AT_CPU
         return self._cpu
@@ -89,10 +92,13 @@ class SyncedMemory:
 
     # --- device side -----------------------------------------------------------------------
     def gpu_data(self) -> torch.Tensor:
+        """The device copy as a flat tensor, synced from the host when newer there (read-only
+        use)."""
         self._to_gpu()
         return self._gpu
 
     def mutable_gpu_data(self) -> torch.Tensor:
+        """The device copy as a flat writable tensor; the head moves to the device."""
         self._to_gpu()
         self.head = HEAD_AT_GPU
         return self._gpu
@@ -103,9 +109,11 @@ class SyncedMemory:
 
     # --- current-mode accessors used by layer math -------------------------------------------
     def device_tensor(self) -> torch.Tensor:
+        """The copy for the current mode (device in GPU mode, host in CPU mode), read-only use."""
         return self.gpu_data() if common.mode() == common.GPU else self.cpu_tensor()
 
     def mutable_device_tensor(self) -> torch.Tensor:
+        """The writable copy for the current mode; the head moves to that side."""
         if common.mode() == common.GPU:
             return self.mutable_gpu_data()
         return self.mutable_cpu_tensor()

@@ -33,6 +33,7 @@ class Timer:
         self._stop = 0.0
 
     def start(self) -> None:
+        """Start timing (a no-op while running); in GPU mode waits for queued device work first."""
         if not self.running:
             _sync()
             self._start = time.perf_counter()
@@ -40,6 +41,7 @@ class Timer:
             self.has_run_at_least_once = True
 
     def stop(self) -> None:
+        """Stop timing (a no-op when stopped), after queued device work in GPU mode."""
         if self.running:
             _sync()
             self._stop = time.perf_counter()
@@ -54,12 +56,15 @@ class Timer:
         return self._stop - self._start
 
     def seconds(self) -> float:
+        """Elapsed seconds of the last start/stop interval; stops a running timer first."""
         return self._elapsed()
 
     def milliseconds(self) -> float:
+        """Elapsed milliseconds, as ``caffe time`` reports them."""
         return self._elapsed() * 1e3
 
     def microseconds(self) -> float:
+        """Elapsed microseconds."""
         return self._elapsed() * 1e6
 
     @property

@@ -61,6 +61,7 @@ class SignalHandler:
         self._previous.clear()
 
     def check_for_signals(self) -> SolverAction:
+        """The action for the signal received since the last call (SIGHUP first), else NONE."""
         if self.got_sighup:
             self.got_sighup = False
             return self.sighup_action
@@ -85,11 +86,13 @@ class TerminalProgress:
         self.shown = False
 
     def on_start(self) -> None:
+        """Solver callback at the start of an iteration: the first call starts the clock."""
         if self.start_time is None:
             self.start_time = time.monotonic()
             self.start_iter = self.solver.iter
 
     def on_gradients_ready(self) -> None:
+        """Solver callback after backward: redraw the progress line with the ETA."""
         total = self.solver.param.max_iter - self.start_iter
         done = self.solver.iter + 1 - self.start_iter
         if total <= 0 or self.start_time is None:
@@ -104,6 +107,7 @@ class TerminalProgress:
         self.shown = True
 
     def clear(self) -> None:
+        """Wipe the progress line so a log line can take its place."""
         if self.shown:
             self.out.write("\r\x1b[K")
             self.shown = False

@@ -1,6 +1,6 @@
 """The SSD fork's DataTransformer extensions for AnnotatedDatum: one example's image and boxes.
 
-For one decoded image (HxWxC) and its boxes, in the fork's order:
+For one decoded image (HxWxC) and its boxes, in the fork's order::
 
     distort   (distort_param)  brightness / contrast / saturation / hue / channel order
     expand    (expand_param)   with probability ``prob``, place the image at a random integer
@@ -53,6 +53,7 @@ class Annotations:
 
     @classmethod
     def from_proto(cls, anno_datum: caffe_pb2.AnnotatedDatum) -> Annotations:
+        """The boxes, group labels, instance ids and difficult flags of an AnnotatedDatum."""
         rows = [(g.group_label, a.instance_id, a.bbox)
                 for g in anno_datum.annotation_group for a in g.annotation]
         boxes = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for _, _, b in rows],
@@ -65,6 +66,8 @@ class Annotations:
         return len(self.boxes)
 
     def select(self, keep: np.ndarray, boxes: np.ndarray) -> Annotations:
+        """The annotations at ``keep``, with ``boxes`` (already transformed) in place of the old
+        ones."""
         return Annotations(boxes[keep], self.group[keep], self.instance[keep],
                            self.difficult[keep])
 

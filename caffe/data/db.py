@@ -73,21 +73,27 @@ class Cursor:
     """Walks records in key order; ``valid()`` is False past the last one."""
 
     def seek_to_first(self) -> None:
+        """Move to the record with the smallest key (Caffe's SeekToFirst)."""
         raise NotImplementedError
 
     def next(self) -> None:
+        """Move to the next record in key order; past the last one ``valid()`` turns False."""
         raise NotImplementedError
 
     def key(self) -> str:
+        """The current record's key as text (undecodable bytes kept by surrogateescape)."""
         return self.key_bytes().decode("utf-8", errors="surrogateescape")
 
     def key_bytes(self) -> bytes:
+        """The current record's key as bytes."""
         raise NotImplementedError
 
     def value(self) -> bytes:
+        """The current record's value (a serialized Datum, for Caffe's data layers)."""
         raise NotImplementedError
 
     def valid(self) -> bool:
+        """Whether the cursor stands on a record."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -108,11 +114,13 @@ class Transaction:
         self._pending: list[tuple[bytes, bytes]] = []
 
     def put(self, key: str | bytes, value: bytes) -> None:
+        """Queue one record; keys given as text are encoded as UTF-8."""
         if isinstance(key, str):
             key = key.encode("utf-8", errors="surrogateescape")
         self._pending.append((key, bytes(value)))
 
     def commit(self) -> None:
+        """Write the queued records to the database in one go and empty the queue."""
         raise NotImplementedError
 
 
@@ -127,12 +135,15 @@ class DB:
         self._closed = True  # until a subclass holds its handle
 
     def new_cursor(self) -> Cursor:
+        """A cursor over the records in key order (read mode)."""
         raise NotImplementedError
 
     def new_transaction(self) -> Transaction:
+        """A transaction that buffers writes until ``commit`` (write or new mode)."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Release the database handle; later use is an error."""
         raise NotImplementedError
 
     def __enter__(self) -> DB:

@@ -38,6 +38,7 @@ def _cv():
 
 
 def has_opencv() -> bool:
+    """Whether cv2 (the ``data`` extra's opencv-python-headless) is importable."""
     return _cv() is not None
 
 

@@ -61,6 +61,7 @@ class ImageListLoader(BatchLoader):
         self.lines_id = 0
 
     def shuffle(self) -> None:
+        """Reshuffle the list lines (each rank keeps its own shard of the shuffled list)."""
         if self.shard_count > 1:
             order = self.rng.permutation(len(self.all_lines))
             self.lines = [self.all_lines[i] for i in order[self.shard_rank::self.shard_count]]

@@ -65,10 +65,13 @@ def set_decode_threads(count: int) -> None:
 
 
 def decode_threads() -> int:
+    """How many threads a data layer's loader decodes images with (``set_decode_threads``)."""
     return _decode_threads
 
 
 def numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype of a batch's host arrays for a net of torch ``dtype`` (float64 or
+    float32)."""
     return np.dtype(np.float64 if dtype == torch.float64 else np.float32)
 
 
@@ -119,10 +122,12 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._run, name=f"prefetch[{name}]", daemon=True)
 
     def start(self) -> None:
+        """Start the prefetch thread; it fills free batches until stopped."""
         self._thread.start()
 
     @property
     def alive(self) -> bool:
+        """Whether the prefetch thread is still running."""
         return self._thread.is_alive()
 
     def _run(self) -> None:
@@ -177,6 +182,7 @@ class Prefetcher:
             return item
 
     def push_free(self, batch: Batch) -> None:
+        """Hand a consumed batch back to the thread for refilling."""
         self._free.put(batch)
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -213,6 +219,7 @@ class BaseDataLayer(Layer):
         self.data_layer_setup(bottom, top)
 
     def data_layer_setup(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
+        """The data layer's own setup: read its parameters, open its source and shape the tops."""
         raise NotImplementedError
 
     def reshape(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
@@ -222,6 +229,7 @@ class BaseDataLayer(Layer):
         """Data layers have no backward."""
 
     def data_error(self, message: str) -> DataError:
+        """A DataError naming the layer's type and name."""
         return DataError(f"{self.type_name} layer {self.name!r}: {message}")
 
 
@@ -232,9 +240,11 @@ class BatchLoader:
     """
 
     def load_batch(self, batch: Batch) -> None:
+        """Fill ``batch`` with the next batch of examples (runs on the prefetch thread)."""
         raise NotImplementedError
 
     def close(self) -> None:
+        """Shut down the decode pool, if any, without waiting for queued work."""
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)

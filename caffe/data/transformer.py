@@ -1,6 +1,6 @@
 """DataTransformer: Caffe's per-example preprocessing for data layers (TransformationParameter).
 
-For one CxHxW example (uint8 pixels or floats), with crop size ``k`` (0: no crop):
+For one CxHxW example (uint8 pixels or floats), with crop size ``k`` (0: no crop)::
 
     offsets   TRAIN: h_off ~ U{0..H-k}, w_off ~ U{0..W-k}; TEST: ((H-k)/2, (W-k)/2) (integer)
     mirror    TRAIN or TEST, when ``mirror: true``: a fair coin per example
@@ -90,6 +90,7 @@ class DataTransformer:
     # --- randomness ------------------------------------------------------------------------
     @property
     def needs_rand(self) -> bool:
+        """Whether transforming draws random numbers: mirroring, or a TRAIN crop."""
         return self.mirror or (self.phase == caffe_pb2.TRAIN and self.crop_size > 0)
 
     def init_rand(self) -> None:
@@ -166,6 +167,7 @@ class DataTransformer:
 
     def transform_datum(self, datum: caffe_pb2.Datum, out: np.ndarray | None = None
                         ) -> np.ndarray:
+        """Decode a Datum and transform it into ``out`` (or a new array)."""
         return self.transform(self.decode(datum), out)
 
     def transform_batch(self, images, out: np.ndarray) -> np.ndarray:

@@ -58,6 +58,7 @@ def converter(*type_names: str) -> Callable[[Callable], Callable]:
 
 
 def get_converter(type_name: str) -> Callable | None:
+    """The export converter registered for a Caffe type, or None."""
     return _CONVERTERS.get(type_name)
 
 

@@ -33,6 +33,8 @@ def convert_normalize(ctx: LayerContext) -> list[str]:
 
 @converter("Permute")
 def convert_permute(ctx: LayerContext) -> list[str]:
+    """Permute (SSD): ONNX Transpose with ``permute_param.order``; the identity order passes
+    through."""
     if not ctx.layer.need_permute:
         return list(ctx.bottoms)
     return [ctx.g.op("Transpose", ctx.bottoms, perm=list(ctx.layer.order))]
@@ -70,6 +72,7 @@ def convert_interp(ctx: LayerContext) -> list[str]:
 
 @converter("BilinearInterpolate")
 def convert_bilinear_interpolate(ctx: LayerContext) -> list[str]:
+    """BilinearInterpolate (brocolli): two MatMuls with the layer's own interpolation matrices."""
     return _resize(ctx)
 
 
@@ -129,6 +132,7 @@ def convert_hard_swish(ctx: LayerContext) -> list[str]:
 
 @converter("HardSigmoid")
 def convert_hard_sigmoid(ctx: LayerContext) -> list[str]:
+    """HardSigmoid (brocolli): ONNX HardSigmoid with the layer's alpha and beta."""
     layer = ctx.layer
     return [ctx.g.op("HardSigmoid", ctx.bottoms, alpha=layer.alpha, beta=layer.beta)]
 

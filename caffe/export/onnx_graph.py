@@ -126,6 +126,8 @@ class OnnxGraph:
         return self.op("Reshape", [x, self.ints(shape, "shape")])
 
     def slice(self, x: str, starts, ends, axes, steps=None) -> str:
+        """An ONNX Slice of ``x`` (starts, ends, axes and optional steps as constant inputs);
+        returns the output name."""
         inputs = [x, self.ints(starts, "starts"), self.ints(ends, "ends"), self.ints(axes, "axes")]
         if steps is not None:
             inputs.append(self.ints(steps, "steps"))
@@ -136,6 +138,7 @@ class OnnxGraph:
         return x if scale == 1 else self.op("Mul", [x, self.const(scale, "scale")])
 
     def shifted(self, x: str, shift: float) -> str:
+        """``x + shift`` as an ONNX Add, or ``x`` itself when the shift is 0."""
         return x if shift == 0 else self.op("Add", [x, self.const(shift, "shift")])
 
 
@@ -153,20 +156,25 @@ class LayerContext:
 
     @property
     def param(self):
+        """The layer's LayerParameter."""
         return self.layer.layer_param
 
     @property
     def name(self) -> str:
+        """The layer's name."""
         return self.layer.layer_param.name
 
     @property
     def type(self) -> str:
+        """The layer's Caffe type string."""
         return self.layer.layer_param.type
 
     def bshape(self, i: int = 0) -> list[int]:
+        """The shape of bottom ``i`` as the net saw it."""
         return self.bottom_shapes[i]
 
     def tshape(self, i: int = 0) -> list[int]:
+        """The shape of top ``i`` as the net saw it."""
         return self.top_shapes[i]
 
     def axis(self, axis: int, i: int = 0) -> int:
@@ -182,6 +190,7 @@ class LayerContext:
         return self.g.const(value, hint)
 
     def refuse(self, reason: str):
+        """Stop the export of this layer with NotExportable naming ``reason``."""
         raise NotExportable(reason)
 
 

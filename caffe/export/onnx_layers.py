@@ -66,7 +66,7 @@ def convert_convolution(ctx: LayerContext) -> list[str]:
 @converter("Deconvolution")
 def convert_deconvolution(ctx: LayerContext) -> list[str]:
     """Deconvolution: ONNX ConvTranspose; both give stride * (in - 1) + extent - 2 pad, and
-    both lay weights out (C_in, num_output / group, *kernel)."""
+    both lay weights out ``(C_in, num_output / group, *kernel)``."""
     layer = ctx.layer
     if layer.channel_axis != 1:
         ctx.refuse(f"deconvolution over channel axis {layer.channel_axis}")
@@ -110,22 +110,25 @@ def convert_relu(ctx: LayerContext) -> list[str]:
 
 @converter("Sigmoid")
 def convert_sigmoid(ctx: LayerContext) -> list[str]:
+    """Sigmoid: ONNX Sigmoid."""
     return [ctx.g.op("Sigmoid", ctx.bottoms)]
 
 
 @converter("TanH")
 def convert_tanh(ctx: LayerContext) -> list[str]:
+    """TanH: ONNX Tanh."""
     return [ctx.g.op("Tanh", ctx.bottoms)]
 
 
 @converter("AbsVal")
 def convert_absval(ctx: LayerContext) -> list[str]:
+    """AbsVal: ONNX Abs."""
     return [ctx.g.op("Abs", ctx.bottoms)]
 
 
 @converter("BNLL")
 def convert_bnll(ctx: LayerContext) -> list[str]:
-    """BNLL in Caffe's overflow-free form: max(x, 0) + log(1 + exp(-|x|))."""
+    """BNLL in Caffe's overflow-free form: ``max(x, 0) + log(1 + exp(-|x|))``."""
     g, x = ctx.g, ctx.bottoms[0]
     tail = g.op("Log", [g.op("Add", [g.const(1.0, "one"),
                                      g.op("Exp", [g.op("Neg", [g.op("Abs", [x])])])])])
@@ -134,6 +137,7 @@ def convert_bnll(ctx: LayerContext) -> list[str]:
 
 @converter("ELU")
 def convert_elu(ctx: LayerContext) -> list[str]:
+    """ELU: ONNX Elu with ``elu_param.alpha``."""
     return [ctx.g.op("Elu", ctx.bottoms, alpha=float(ctx.param.elu_param.alpha))]
 
 
@@ -146,6 +150,7 @@ def convert_swish(ctx: LayerContext) -> list[str]:
 
 @converter("Clip")
 def convert_clip(ctx: LayerContext) -> list[str]:
+    """Clip: ONNX Clip between ``clip_param.min`` and ``clip_param.max``."""
     p, g = ctx.param.clip_param, ctx.g
     return [g.op("Clip", [ctx.bottoms[0], g.const(p.min, "min"), g.const(p.max, "max")])]
 
@@ -286,11 +291,13 @@ def convert_split(ctx: LayerContext) -> list[str]:
 
 @converter("Silence")
 def convert_silence(ctx: LayerContext) -> list[str]:
+    """Silence: no ONNX node (its bottoms only end there)."""
     return []
 
 
 @converter("Concat")
 def convert_concat(ctx: LayerContext) -> list[str]:
+    """Concat: ONNX Concat on ``axis`` (or legacy ``concat_dim``); one bottom passes through."""
     p = ctx.param.concat_param
     axis = p.concat_dim if p.HasField("concat_dim") else ctx.axis(p.axis)
     if len(ctx.bottoms) == 1:
@@ -333,6 +340,7 @@ def convert_reshape(ctx: LayerContext) -> list[str]:
 
 @converter("Tile")
 def convert_tile(ctx: LayerContext) -> list[str]:
+    """Tile: ONNX Tile with ``tiles`` repeats on ``axis``."""
     p = ctx.param.tile_param
     repeats = [1] * len(ctx.bshape())
     repeats[ctx.axis(p.axis)] = p.tiles

@@ -87,9 +87,11 @@ class AnnotatedBatchLoader(BatchLoader):
                           and annotated.resize.resize_mode == FIT_SMALL_SIZE)
 
     def error(self, key: str, message: str) -> DataError:
+        """A DataError naming the layer and the record key."""
         return DataError(f"{self.where}, record {key!r}: {message}")
 
     def parse(self, key: str, value: bytes) -> caffe_pb2.AnnotatedDatum:
+        """Parse one record as an AnnotatedDatum; a bad record is an error naming its key."""
         record = caffe_pb2.AnnotatedDatum()
         try:
             record.ParseFromString(value)
@@ -111,6 +113,7 @@ class AnnotatedBatchLoader(BatchLoader):
             raise self.error(key, str(exc)) from None
 
     def first_shape(self, key: str, img: np.ndarray) -> list[int]:
+        """The top shape inferred from the first record's image, as the fork does at setup."""
         try:
             return self.annotated.infer_shape(img.shape[0], img.shape[1], img.shape[2])
         except DataError as exc:

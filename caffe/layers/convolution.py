@@ -104,6 +104,8 @@ class BaseConvolutionLayer(Layer):
             blob.reshape(self.top_shape)
 
     def compute_output_shape(self, in_spatial: list[int]) -> list[int]:
+        """The top's spatial dims for bottom spatial dims ``in_spatial`` (Caffe's
+        compute_output_shape)."""
         raise NotImplementedError
 
     # --- torch views ---------------------------------------------------------------------------

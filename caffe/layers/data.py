@@ -66,19 +66,23 @@ class DatumReader:
             self._advance()
 
     def skip(self, count: int) -> None:
+        """Skip ``count`` records (Data's ``rand_skip``)."""
         for _ in range(count):
             self._advance()
 
     def peek(self) -> tuple[str, bytes]:
+        """The current ``(key, value)`` of this rank's shard, without moving on."""
         self._seek_shard()
         return self.cursor.key(), self.cursor.value()
 
     def take(self) -> tuple[str, bytes]:
+        """The current ``(key, value)``, then move to the next record (wrapping at the end)."""
         record = self.peek()
         self._advance()
         return record
 
     def close(self) -> None:
+        """Close the cursor and the database."""
         self.cursor.close()
         self.db.close()
 
@@ -97,9 +101,11 @@ class DatumBatchLoader(BatchLoader):
         self.threads = decode_threads()
 
     def error(self, key: str, message: str) -> DataError:
+        """A DataError naming the layer and the record key."""
         return DataError(f"{self.where}, record {key!r}: {message}")
 
     def parse(self, key: str, value: bytes) -> caffe_pb2.Datum:
+        """Parse one record as a Datum; a bad record is an error naming its key."""
         try:
             return parse_datum(value)
         except (DecodeError, RuntimeError, ValueError) as exc:
@@ -107,6 +113,7 @@ class DatumBatchLoader(BatchLoader):
                                   f"({exc})") from None
 
     def decode(self, record: tuple[str, caffe_pb2.Datum]) -> np.ndarray:
+        """Decode a Datum's pixels to a C x H x W array; errors name the record key."""
         key, datum = record
         try:
             return self.transformer.decode(datum)

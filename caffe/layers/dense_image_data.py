@@ -75,6 +75,7 @@ class DenseBatchLoader(ImageListLoader):
         return chw, label
 
     def output_size(self, image: np.ndarray) -> tuple[int, int]:
+        """The (height, width) of one example: the crop size, or the image's own."""
         if self.crop_height > 0:
             return self.crop_height, self.crop_width
         return image.shape[1], image.shape[2]
@@ -112,6 +113,7 @@ class DenseBatchLoader(ImageListLoader):
             batch.label[i, 0] = label
 
     def rng_draw(self, n: int) -> int:
+        """A uniform integer in [0, n) from the layer's stream (crop offsets)."""
         return self.rng.integers(0, n)
 
 

@@ -39,6 +39,7 @@ class DropoutLayer(NeuronLayer):
 
     @property
     def training(self) -> bool:
+        """Dropout drops units only in the TRAIN phase; TEST passes the bottom through."""
         return self.phase == caffe_pb2.TRAIN
 
     def forward(self, bottom, top):

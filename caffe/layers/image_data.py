@@ -61,6 +61,7 @@ class ImageBatchLoader(ImageListLoader):
         self.threads = decode_threads()
 
     def read(self, entry: tuple[str, int]) -> np.ndarray:
+        """Read one list entry's image file as C x H x W."""
         return to_chw(self.read_file(entry[0], self.is_color))
 
     def load_batch(self, batch) -> None:

@@ -99,6 +99,7 @@ class SegBatchLoader(ImageListLoader):
         return image, label
 
     def means(self, channels: int) -> np.ndarray:
+        """One mean value per channel: the single ``mean_value`` repeated, zeros, or one each."""
         if len(self.mean_values) == 1:
             return np.full(channels, self.mean_values[0])
         if not self.mean_values:

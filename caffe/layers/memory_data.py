@@ -140,6 +140,8 @@ class MemoryDataLayer(BaseDataLayer):
         self.has_new_data = True
 
     def set_batch_size(self, new_size: int) -> None:
+        """Change the batch size (pycaffe's MemoryData set_batch_size); not while data is
+        pending."""
         self.check(not self.has_new_data,
                    "Can't change batch_size until current data has been consumed.")
         self.batch_size = int(new_size)

@@ -28,6 +28,7 @@ class KeepBottomNeuronLayer(NeuronLayer):
         self.workspace = Workspace()
 
     def forward_input(self, bottom, top) -> torch.Tensor:
+        """The bottom values the forward reads; in place, a copy that backward can still use."""
         x = bottom[0].device_data()
         if top[0] is not bottom[0]:
             return x
@@ -36,6 +37,7 @@ class KeepBottomNeuronLayer(NeuronLayer):
         return saved
 
     def backward_input(self, bottom, top) -> torch.Tensor:
+        """The bottom values as the forward saw them (the saved copy when in place)."""
         x = bottom[0].device_data()
         if top[0] is not bottom[0]:
             return x

@@ -51,6 +51,7 @@ def run_protoc(proto: Path, out_dir: Path) -> Path:
 
 
 def main() -> int:
+    """Regenerate caffe_pb2.py from caffe.proto with protoc."""
     with tempfile.TemporaryDirectory() as tmp:
         generated = run_protoc(PROTO, Path(tmp))
         source = strip_runtime_check(generated.read_text(encoding="utf-8"))

@@ -77,6 +77,9 @@ class GradientChecker:
     def check_gradient_single(self, layer: Layer, bottom: Sequence[Blob], top: Sequence[Blob],
                               check_bottom: int, top_id: int, top_data_id: int,
                               element_wise: bool = False) -> None:
+        """Check one objective: element ``top_data_id`` of top ``top_id`` (both < 0: half the
+        sum of squares of every top), for the bottoms and parameters ``check_bottom`` selects
+        (see the class); raises GradientCheckError listing the mismatches."""
         if element_wise:
             if top_id < 0 or top_data_id < 0:
                 raise CaffeError("element_wise checking needs a top_id and top_data_id")

@@ -36,6 +36,7 @@ def commands() -> dict[str, object]:
 
 
 def usage(table: dict[str, object]) -> str:
+    """The ``caffe`` help text: the command table with each module docstring's first line."""
     lines = ["caffe: command line brew", "usage: caffe <command> <args>", "", "commands:"]
     for name in sorted(table):
         doc = (table[name].__doc__ or "").strip().splitlines()
@@ -95,6 +96,8 @@ def run(name: str, argv: list[str], prog: str | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``caffe``: ``caffe <command> [flags]``, ``--version`` or help; returns the
+    exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "-help", "--help", "help"):
         print(usage(commands()))
@@ -111,6 +114,7 @@ def tool_entry(name: str):
     def entry() -> int:
         return run(name, sys.argv[1:], prog=name)
 
+    entry.__doc__ = f"The ``{name}`` console script: ``caffe {name}`` under Caffe's own tool name."
     return entry
 
 

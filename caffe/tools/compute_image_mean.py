@@ -25,6 +25,7 @@ logger = logging.getLogger("caffe")
 
 
 def flag_set() -> FlagSet:
+    """The flags of ``caffe compute_image_mean``, as ``-help`` lists them."""
     flags = FlagSet(COMMAND, "[FLAGS] INPUT_DB [OUTPUT_FILE]\nCompute the mean_image of a set "
                     "of images given by a leveldb/lmdb")
     flags.define("backend", "lmdb", "The backend {leveldb, lmdb} containing the images")
@@ -72,6 +73,7 @@ def write_binaryproto(proto, path: str) -> None:
 
 
 def mean_blobproto(mean: np.ndarray) -> caffe_pb2.BlobProto:
+    """The mean image (C, H, W) as the 1 x C x H x W BlobProto Caffe's mean files hold."""
     blob = caffe_pb2.BlobProto()
     blob.num = 1
     blob.channels, blob.height, blob.width = (int(d) for d in mean.shape)
@@ -80,6 +82,8 @@ def mean_blobproto(mean: np.ndarray) -> caffe_pb2.BlobProto:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe compute_image_mean`` on ``argv`` (its flags and positional arguments); returns
+    the exit status."""
     flags = flag_set()
     values, args = flags.parse(argv)
     if len(args) not in (1, 2):

@@ -36,6 +36,7 @@ logger = logging.getLogger("caffe")
 
 
 def flag_set() -> FlagSet:
+    """The flags of ``caffe convert_annoset``, as ``-help`` lists them."""
     flags = FlagSet(COMMAND, "[FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\nConvert a set of images "
                     "and annotations to the leveldb/lmdb format used as input for Caffe.")
     flags.define("anno_type", "classification",
@@ -72,6 +73,8 @@ def read_pairs(list_file: str, classification: bool) -> list[tuple[str, str | in
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe convert_annoset`` on ``argv`` (its flags and positional arguments); returns the
+    exit status."""
     flags = flag_set()
     values, args = flags.parse(argv)
     if len(args) != 3:

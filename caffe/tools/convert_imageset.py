@@ -26,6 +26,7 @@ logger = logging.getLogger("caffe")
 
 
 def flag_set() -> FlagSet:
+    """The flags of ``caffe convert_imageset``, as ``-help`` lists them."""
     flags = FlagSet(COMMAND, "[FLAGS] ROOTFOLDER/ LISTFILE DB_NAME\nConvert a set of images "
                     "to the leveldb/lmdb format used as input for Caffe.")
     return define_image_flags(flags)
@@ -48,6 +49,8 @@ def define_image_flags(flags: FlagSet) -> FlagSet:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe convert_imageset`` on ``argv`` (its flags and positional arguments); returns the
+    exit status."""
     flags = flag_set()
     values, args = flags.parse(argv)
     if len(args) != 3:

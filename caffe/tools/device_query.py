@@ -47,6 +47,8 @@ def device_query(device_id: int) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe device_query`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = parse_flags(COMMAND, argv)
     log.info("Querying GPUs %s", flags["gpu"])
     gpus = parse_gpus(flags["gpu"])

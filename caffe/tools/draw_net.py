@@ -20,6 +20,7 @@ logger = logging.getLogger("caffe")
 
 
 def flag_set() -> FlagSet:
+    """The flags of ``caffe draw_net``, as ``-help`` lists them."""
     flags = FlagSet("draw_net", "input_net_proto_file output_image_file [flags]")
     flags.define("rankdir", "LR", "graph direction: LR (left-right), TB (top-bottom), RL or BT; "
                  "see Graphviz's rankdir attribute")
@@ -30,6 +31,8 @@ def flag_set() -> FlagSet:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe draw_net`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = flag_set()
     values, positional = flags.parse(argv)
     if len(positional) != 2:

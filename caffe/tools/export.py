@@ -44,6 +44,7 @@ log = logging.getLogger("caffe")
 
 
 def export_flags() -> FlagSet:
+    """The flags of ``caffe export``, as ``-help`` lists them."""
     summary, usage = (__doc__ or "").strip().split("\n\n")[:2]
     usage = " ".join(usage.split()).removeprefix("Usage: ")
     flags = FlagSet("caffe export", f"{summary}\nusage: {usage}")
@@ -77,6 +78,8 @@ def _names(spec: str) -> list[str] | None:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe export`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags, positional = export_flags().parse(argv)
     if positional:
         raise CaffeError(f"unexpected arguments {positional}; flags are given as -name value")

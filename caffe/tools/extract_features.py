@@ -37,6 +37,8 @@ USAGE = ("This program takes in a trained network and an input data layer, and t
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe extract_features`` on ``argv`` (its flags and positional arguments); returns the
+    exit status."""
     if argv[:1] in (["-help"], ["--help"], ["-h"]):
         print(USAGE)
         return 0

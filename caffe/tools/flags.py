@@ -55,11 +55,14 @@ class FlagSet:
     flags: dict[str, Flag] = field(default_factory=dict)
 
     def define(self, name: str, default: object, help: str = "", own: bool = True) -> FlagSet:
+        """Declare ``-name`` with its default (whose type is the flag's type) and help;
+        ``own=False`` accepts it without listing it."""
         kind = type(default) if default is not None else str
         self.flags[name] = Flag(name, default, help, kind, own)
         return self
 
     def help_text(self) -> str:
+        """The ``-help`` text: this tool's flags with type and default, then glog's flags."""
         lines = [f"{self.program}: {self.usage}".rstrip(), "", "Flags:"]
         for flag in self.flags.values():
             if flag.own:
@@ -79,6 +82,8 @@ class FlagSet:
         return CaffeError(f"unknown command line flag '{name}' ({hint})")
 
     def parse(self, argv: list[str]) -> tuple[dict[str, object], list[str]]:
+        """Parse ``argv`` into ``({flag: value}, positional arguments)``; ``-help`` prints help_text
+        and ends the tool."""
         values = {name: flag.default for name, flag in self.flags.items()}
         positional: list[str] = []
         i = 0

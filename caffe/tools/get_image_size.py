@@ -24,6 +24,7 @@ logger = logging.getLogger("caffe")
 
 
 def flag_set() -> FlagSet:
+    """The flags of ``caffe get_image_size``, as ``-help`` lists them."""
     flags = FlagSet(COMMAND, "[FLAGS] ROOTFOLDER/ LISTFILE OUTFILE\nGet sizes of a set of "
                     "images.")
     flags.define("name_id_file", "", "A file which maps image_name to image_id.")
@@ -49,6 +50,8 @@ def read_name_ids(path: str) -> dict[str, int]:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe get_image_size`` on ``argv`` (its flags and positional arguments); returns the
+    exit status."""
     flags = flag_set()
     values, args = flags.parse(argv)
     if len(args) != 3:

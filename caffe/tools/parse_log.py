@@ -195,6 +195,8 @@ def save_csv_files(logfile_path: str, output_dir: str, train_rows: list[Row],
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe parse_log`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = FlagSet("parse_log", "logfile_path [output_dir] [flags]")
     flags.define("delimiter", ",", "column delimiter in the output files")
     flags.define("verbose", False, "print the names of the files written")

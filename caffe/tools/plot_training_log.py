@@ -34,6 +34,8 @@ def get_supported_chart_types() -> list[str]:
 
 
 def get_chart_type_description(chart_type: int) -> str:
+    """The description of chart type ``chart_type``; an unknown number is an error listing the
+    types."""
     types = get_supported_chart_types()
     if not 0 <= chart_type < len(types):
         raise CaffeError(f"{chart_type} is not a valid chart type (0-{len(types) - 1}):\n"
@@ -42,6 +44,7 @@ def get_chart_type_description(chart_type: int) -> str:
 
 
 def chart_types_help() -> str:
+    """The numbered list of chart types, for the usage text."""
     return "\n".join(f"    {i}: {d}" for i, d in enumerate(get_supported_chart_types()))
 
 
@@ -52,11 +55,14 @@ def get_field_descriptions(chart_type: int) -> tuple[str, str]:
 
 
 def get_data_label(path_to_log: str) -> str:
+    """A log's legend label: its file name without ``.log``."""
     name = os.path.basename(path_to_log)
     return name[:-len(".log")] if name.endswith(".log") else name
 
 
 def get_legend_loc(chart_type: int) -> str:
+    """Where the legend goes: upper right for loss and learning-rate charts, lower right
+    otherwise."""
     _, y_field = get_field_descriptions(chart_type)
     return "upper right" if "loss" in y_field or "learning rate" in y_field else "lower right"
 
@@ -117,6 +123,8 @@ def plot_chart(chart_type: int, path_to_png: str, path_to_log_list: list[str]) -
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe plot_training_log`` on ``argv`` (its flags and positional arguments); returns the
+    exit status."""
     flags = FlagSet("plot_training_log", "chart_type /where/to/save.png /path/to/first.log ...")
     _, positional = flags.parse(argv)
     if len(positional) < 3:

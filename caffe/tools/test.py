@@ -26,6 +26,8 @@ log = logging.getLogger("caffe")
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe test`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = parse_flags(COMMAND, argv)
     if not flags["model"]:
         raise CaffeError("Need a model definition to score (-model net.prototxt).")

@@ -36,6 +36,8 @@ def _run(layer, what: str, call) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe time`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = parse_flags(COMMAND, argv)
     if not flags["model"]:
         raise CaffeError("Need a model definition to time (-model net.prototxt).")

@@ -132,6 +132,8 @@ def brew_flags(command: str) -> FlagSet:
 
 
 def parse_flags(command: str, argv: list[str]) -> dict[str, object]:
+    """Parse the flags shared by ``train``, ``test``, ``time`` and ``device_query``; positional
+    arguments are an error."""
     values, positional = brew_flags(command).parse(argv)
     if positional:
         raise CaffeError(f"unexpected arguments {positional}; flags are given as -name value")
@@ -160,6 +162,7 @@ def parse_gpus(spec: str) -> list[int]:
 
 
 def parse_phase(spec: str, default: int) -> int:
+    """``-phase`` as a Phase value (``default`` when empty); only TRAIN and TEST are accepted."""
     if not spec:
         return default
     if spec not in ("TRAIN", "TEST"):
@@ -168,10 +171,12 @@ def parse_phase(spec: str, default: int) -> int:
 
 
 def parse_stages(spec: str) -> list[str]:
+    """``-stage s1,s2`` as a list of stage names."""
     return [s for s in spec.split(",") if s]
 
 
 def parse_iterations(flags: dict[str, object]) -> int:
+    """``-iterations``, checked to be at least 1."""
     iterations = flags["iterations"]
     if iterations < 1:
         raise CaffeError(f"-iterations must be at least 1, got {iterations}")
@@ -205,6 +210,8 @@ def use_devices(gpus: list[int]) -> None:
 
 # --- train ------------------------------------------------------------------------------------
 def main(argv: list[str]) -> int:
+    """Run ``caffe train`` on ``argv`` (its flags and positional arguments); returns the exit
+    status."""
     flags = parse_flags(COMMAND, argv)
     # The solver builds its nets (in worker processes too) from the environment's setting.
     with _environment(ALLOW_PYTHON_LAYERS_ENV, "1" if flags["allow_python_layers"] else "0"):

@@ -13,4 +13,6 @@ COMMAND = "upgrade_net_proto_binary"
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe upgrade_net_proto_binary`` on ``argv`` (its flags and positional arguments);
+    returns the exit status."""
     return upgrade_net_file(COMMAND, argv, binary=True)

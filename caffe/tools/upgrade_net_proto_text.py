@@ -103,4 +103,6 @@ def upgrade_net_file(program: str, argv: list[str], binary: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe upgrade_net_proto_text`` on ``argv`` (its flags and positional arguments);
+    returns the exit status."""
     return upgrade_net_file(COMMAND, argv, binary=False)

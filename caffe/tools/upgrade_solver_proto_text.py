@@ -15,6 +15,8 @@ COMMAND = "upgrade_solver_proto_text"
 
 
 def main(argv: list[str]) -> int:
+    """Run ``caffe upgrade_solver_proto_text`` on ``argv`` (its flags and positional arguments);
+    returns the exit status."""
     return upgrade_proto_file(COMMAND, argv, "old_solver_proto_file_in", "solver_proto_file_out",
                               caffe_pb2.SolverParameter(), "solver prototxt",
                               solver_needs_upgrade, upgrade_solver_as_needed)
