@@ -310,7 +310,13 @@ class Blob:
             self.mutable_device_diff().mul_(factor)
 
     def shape_equals(self, proto) -> bool:
-        """Whether a BlobProto's shape (or legacy num/channels/height/width) matches."""
+        """Whether a BlobProto's shape matches (Caffe's ShapeEquals). Legacy num/channels/
+        height/width are compared with this shape padded to 4 axes at the front, as Caffe's
+        old parameter blobs were (an InnerProduct weight 1 x 1 x M x N, a bias 1 x 1 x 1 x N)."""
+        if _has_legacy_dims(proto):
+            legacy = [1] * (4 - len(self._shape)) + list(self._shape)
+            return len(self._shape) <= 4 and legacy == [proto.num, proto.channels, proto.height,
+                                                        proto.width]
         return list(self._shape) == proto_shape(proto)
 
     def copy_from(self, source: Blob, copy_diff: bool = False, reshape: bool = False) -> None:
@@ -336,7 +342,7 @@ class Blob:
         shape = proto_shape(proto)
         if reshape:
             self.reshape(shape)
-        elif shape != list(self._shape):
+        elif not self.shape_equals(proto):
             raise CaffeError(f"from_proto: blob shape {self.shape_string()} does not match "
                              f"proto shape {shape}")
         np_dtype = _NP_DTYPES[self.dtype]
@@ -403,10 +409,15 @@ class BlobVec(list):
         self.append(Blob(dims, dtype=self.dtype))
 
 
+def _has_legacy_dims(proto) -> bool:
+    return any(proto.HasField(f) for f in ("num", "channels", "height", "width"))
+
+
 def proto_shape(proto) -> list[int]:
-    """The shape a BlobProto describes: ``shape.dim`` or the legacy 4-D fields."""
+    """The shape a BlobProto describes: the legacy 4-D fields when any is set (they win over
+    ``shape``, as in Caffe's FromProto), else ``shape.dim``."""
+    if _has_legacy_dims(proto):
+        return [proto.num, proto.channels, proto.height, proto.width]
     if proto.HasField("shape"):
         return list(proto.shape.dim)
-    if any(proto.HasField(f) for f in ("num", "channels", "height", "width")):
-        return [proto.num, proto.channels, proto.height, proto.width]
     return []

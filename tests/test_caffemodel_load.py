@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 
 import caffe
 from caffe.caffemodel import read_caffemodel
@@ -193,3 +194,28 @@ def test_file_shrunk_after_scan_is_a_caffe_error(tmp_path):
         path.write_bytes(good[:len(good) // 2])
         with pytest.raises(CaffeError, match="shrunk.caffemodel.*ended"):
             net.copy_trained_layers_from(reader.param, str(path), reader.packed)
+
+
+def test_legacy_inner_product_blobs_padded_to_four_axes_load(tmp_path):
+    """Old caffemodels store an InnerProduct weight as legacy 1 x 1 x M x N and its bias as
+    1 x 1 x 1 x N; Caffe's ShapeEquals pads the target's (M, N) / (N,) shape to 4 axes at the
+    front, so they load into today's 2-D and 1-D blobs (and a mismatch still refuses)."""
+    param = caffe_pb2.NetParameter()
+    text_format.Parse(IP_NET, param)
+    layer = param.layer[1]
+    weight = layer.blobs.add(num=1, channels=1, height=4, width=3)
+    weight.data.extend(W.reshape(-1).tolist())
+    bias = layer.blobs.add(num=1, channels=1, height=1, width=4)
+    bias.data.extend(B.tolist())
+    path = tmp_path / "legacy_ip.caffemodel"
+    path.write_bytes(param.SerializeToString())
+    prototxt = tmp_path / "ip.prototxt"
+    prototxt.write_text(IP_NET)
+    fast, slow = _fast_load(str(prototxt), str(path)), _protobuf_load(str(prototxt), str(path))
+    _assert_same(fast, slow)
+    np.testing.assert_array_equal(fast["ip"][0], W.reshape(4, 3))
+    np.testing.assert_array_equal(fast["ip"][1], B.astype(np.float32))
+    weight.height, weight.width = 3, 4  # same count, other shape: refused as in Caffe
+    path.write_bytes(param.SerializeToString())
+    with pytest.raises(CaffeError, match="shape mismatch"):
+        _fast_load(str(prototxt), str(path))
