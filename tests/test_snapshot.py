@@ -147,6 +147,29 @@ def test_binary_solverstate_contents(tmp_path):
     assert not len(ip1.blobs[0].diff)
 
 
+def test_binary_solverstate_with_legacy_history_dims_restores(tmp_path):
+    """Old solverstates store history blobs with legacy num/channels/height/width (an
+    InnerProduct weight's as 1 x 1 x M x N): they restore into today's 2-D and 1-D history
+    blobs, as Caffe's padded ShapeEquals lets them, with the values unchanged."""
+    solver_file, folder = write_solver(tmp_path)
+    solver = get_solver(solver_file)
+    _, runner = load_runner(tmp_path)
+    runner.run(solver, 3)
+    path = folder / "snap_iter_3.solverstate"
+    state = read_binary_proto(path, caffe_pb2.SolverState())
+    for proto in state.history:
+        dims = [1] * (4 - len(proto.shape.dim)) + list(proto.shape.dim)
+        proto.ClearField("shape")
+        proto.num, proto.channels, proto.height, proto.width = dims
+    path.write_bytes(state.SerializeToString())
+    fresh = get_solver(solver_file)
+    fresh.restore(str(path))
+    assert fresh.iter == 3
+    for got, want in zip(fresh.history, solver.history):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.data, want.data)
+
+
 def test_hdf5_solverstate_layout_and_snapshot_diff(tmp_path):
     solver_file, folder = write_solver(
         tmp_path, "HDF5", solver_text=SOLVER.replace("type: 'Adam'", "type: 'Nesterov'")

@@ -342,14 +342,19 @@ class SGDSolver(Solver):
             raise SolverError(f"Failed to write solver state to HDF5 file {filename}: "
                               f"{type(exc).__name__}: {exc}") from exc
 
-    def _check_history(self, state_file: str, shapes: list[tuple[int, ...]]) -> None:
+    def _check_history(self, state_file: str, shapes: list[tuple[int, ...]],
+                       protos=None) -> None:
+        """The state's history blobs match this solver's in number and shape (``protos``, when
+        given, let legacy 4-D shapes match as Caffe's ShapeEquals pads them)."""
         if len(shapes) != len(self.history):
             raise SolverError(f"{state_file}: Incorrect length of history blobs: the state holds "
                               f"{len(shapes)}, this {self.type_name} solver's net needs "
                               f"{len(self.history)}; was it saved from a different net or "
                               f"solver type?")
-        for i, (shape, blob) in enumerate(zip(shapes, self.history)):
-            if tuple(shape) != blob.shape:
+        protos = protos if protos is not None else [None] * len(shapes)
+        for i, (shape, blob, proto) in enumerate(zip(shapes, self.history, protos)):
+            if tuple(shape) != blob.shape and not (proto is not None and
+                                                   blob.shape_equals(proto)):
                 raise SolverError(f"{state_file}: history blob {i} ({self._param_label(i)}) has "
                                   f"shape {list(shape)} but the net's parameter has shape "
                                   f"{list(blob.shape)}; the snapshot is from a different net")
@@ -392,7 +397,8 @@ class SGDSolver(Solver):
 
         state = read_binary_proto(state_file, caffe_pb2.SolverState(), "solver state")
         self._check_counters(state_file, state.iter, state.current_step)
-        self._check_history(state_file, [tuple(proto_shape(h)) for h in state.history])
+        self._check_history(state_file, [tuple(proto_shape(h)) for h in state.history],
+                            list(state.history))
         if state.HasField("learned_net"):
             learned_net = self._decode_learned_net(state_file, state.learned_net)
             self._copy_learned_net(state_file, learned_net)
