@@ -211,10 +211,6 @@ class AnnotatedDataLayer(BasePrefetchingDataLayer):
                                       batch_size, self.output_labels, None, False,
                                       common.numpy_rng(), self.np_dtype, where)
         try:
-            if dp.rand_skip:
-                skip = int(common.numpy_rng().integers(0, dp.rand_skip))
-                logger.info("Skipping first %d data points.", skip)
-                reader.skip(skip)
             key, value = reader.peek()
             record = loader.parse(key, value)
             shape = loader.first_shape(key, loader.decode((key, record)))

@@ -142,8 +142,8 @@ class DatumBatchLoader(BatchLoader):
 
 def open_reader(layer, dp) -> tuple[DatumReader, str]:
     """Open ``data_param``'s database for ``layer`` and a reader of this solver's shard of it
-    (TRAIN shards by rank, and TEST too under caffepy's parallel test); also the description
-    of the source that batch errors name."""
+    (TRAIN shards by rank, and TEST too under caffepy's parallel test), past ``rand_skip``'s
+    random skip; also the description of the source that batch errors name."""
     backend = backend_name(dp.backend)
     where = f"{layer.type_name} layer {layer.name!r} ({backend} database {dp.source!r})"
     try:
@@ -153,10 +153,19 @@ def open_reader(layer, dp) -> tuple[DatumReader, str]:
     logger.info("Opened %s %s", backend, dp.source)
     count, rank = common.shard(layer.phase)
     try:
-        return DatumReader(db, count, rank), where
+        reader = DatumReader(db, count, rank)
     except DataError as exc:
         db.close()
         raise layer.data_error(str(exc)) from None
+    if dp.rand_skip:
+        skip = int(common.numpy_rng().integers(0, dp.rand_skip))
+        logger.info("Skipping first %d data points.", skip)
+        try:
+            reader.skip(skip)
+        except BaseException:
+            reader.close()
+            raise
+    return reader, where
 
 
 @register("Data")
@@ -174,10 +183,6 @@ class DataLayer(BasePrefetchingDataLayer):
         loader = DatumBatchLoader(reader, self.transformer, batch_size, self.output_labels,
                                   self.np_dtype, where)
         try:
-            if dp.rand_skip:
-                skip = int(common.numpy_rng().integers(0, dp.rand_skip))
-                logger.info("Skipping first %d data points.", skip)
-                reader.skip(skip)
             key, value = reader.peek()
             image = loader.decode((key, loader.parse(key, value)))
             try:
