@@ -42,6 +42,12 @@ class Blob:
         """Reshape to ``shape`` (a list, a BlobShape, or several ints, as pycaffe accepts)."""
         if len(shape) == 1 and not isinstance(shape[0], (int, np.integer)):
             shape = shape[0]
+            # The common case before every forward, checked first: a list or tuple equal to
+            # the current shape (what the checks below would accept and then leave alone).
+            # (Blob() holds shape [] with count 0, which reshape([]) makes a scalar.)
+            if type(shape) in (list, tuple) and len(shape) == len(self._shape) and \
+                    list(shape) == self._shape and (self._shape or self._count == 1):
+                return
         if hasattr(shape, "dim"):
             shape = list(shape.dim)
         dims = [int(d) for d in shape]
@@ -150,18 +156,22 @@ class Blob:
         return off
 
     # --- host views (numpy) ------------------------------------------------------------------
+    # Every accessor below returns the shaped view made once per buffer and shape (layers ask
+    # for views many times per pass); the look-up is written out in each, as these run a few
+    # dozen times per iteration of a small net.
     def _shaped(self, flat):
-        """``flat``'s first ``count`` elements in this blob's shape, made once per buffer and
-        shape (layers ask for views many times per pass)."""
+        """``flat``'s first ``count`` elements in this blob's shape (cached)."""
         entry = self._views.get(id(flat))
         if entry is not None and entry[0] is flat:
             return entry[1]
+        return self._new_view(flat)
+
+    def _new_view(self, flat):
         head = flat[: self._count]
         view = head.reshape(self._shape) if isinstance(flat, np.ndarray) else head.view(
             self._shape)
         self._views[id(flat)] = (flat, view)
         return view
-
 
     def cpu_data(self) -> np.ndarray:
         """Read-only host view of the values (copied from the device first when newer there)."""
@@ -169,7 +179,11 @@ class Blob:
 
     def mutable_cpu_data(self) -> np.ndarray:
         """Writable host view of the values; marks the device copy stale."""
-        return self._shaped(self._data.mutable_cpu_data())
+        flat = self._data.mutable_cpu_data()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     def cpu_diff(self) -> np.ndarray:
         """Read-only host view of the gradients (copied from the device first when newer)."""
@@ -177,7 +191,11 @@ class Blob:
 
     def mutable_cpu_diff(self) -> np.ndarray:
         """Writable host view of the gradients; marks the device copy stale."""
-        return self._shaped(self._diff.mutable_cpu_data())
+        flat = self._diff.mutable_cpu_data()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     @property
     def data(self) -> np.ndarray:
@@ -217,19 +235,35 @@ class Blob:
 
     def device_data(self) -> torch.Tensor:
         """Values on the current mode's device (treat as read-only)."""
-        return self._shaped(self._data.device_tensor())
+        flat = self._data.device_tensor()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     def mutable_device_data(self) -> torch.Tensor:
         """Writable values on the current mode's device; marks the other copy stale."""
-        return self._shaped(self._data.mutable_device_tensor())
+        flat = self._data.mutable_device_tensor()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     def device_diff(self) -> torch.Tensor:
         """Gradients on the current mode's device (treat as read-only)."""
-        return self._shaped(self._diff.device_tensor())
+        flat = self._diff.device_tensor()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     def mutable_device_diff(self) -> torch.Tensor:
         """Writable gradients on the current mode's device; marks the other copy stale."""
-        return self._shaped(self._diff.mutable_device_tensor())
+        flat = self._diff.mutable_device_tensor()
+        entry = self._views.get(id(flat))
+        if entry is not None and entry[0] is flat:
+            return entry[1]
+        return self._new_view(flat)
 
     @property
     def _gpu_data_ptr(self) -> int:
@@ -266,6 +300,8 @@ class Blob:
         """Alias ``other``'s values (counts must match)."""
         if self._count != other.count:
             raise CaffeError(f"share_data: count {self._count} != {other.count}")
+        if self._data is other._data:
+            return  # already shared (Split re-shares every pass): keep the cached views
         self._data = other._data
         self._views.clear()
         self._capacity = min(self._capacity, other._capacity) or other._capacity
@@ -274,6 +310,8 @@ class Blob:
         """Alias ``other``'s gradients (counts must match)."""
         if self._count != other.count:
             raise CaffeError(f"share_diff: count {self._count} != {other.count}")
+        if self._diff is other._diff:
+            return
         self._diff = other._diff
         self._views.clear()
 

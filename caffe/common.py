@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -82,6 +83,22 @@ def generator(dev: torch.device | None = None) -> torch.Generator:
             gen.seed()
         _state.generators[key] = gen
     return gen
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without moving caffe's random streams (a Net built only to transform
+    another, say, must not change which numbers the data layers draw next)."""
+    saved = {key: gen.get_state() for key, gen in _state.generators.items()}
+    known = set(saved)
+    try:
+        yield
+    finally:
+        for key in list(_state.generators):
+            if key not in known:
+                del _state.generators[key]
+        for key, state in saved.items():
+            _state.generators[key].set_state(state)
 
 
 def numpy_rng() -> np.random.Generator:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 
@@ -32,8 +34,25 @@ def _variance_n(param, blob: Blob) -> float:
     return float(fan_in)
 
 
+_skipping = threading.local()
+
+
+@contextlib.contextmanager
+def skipped():
+    """Build layers without filling their blobs (left unallocated until first touched): for a
+    Net whose every parameter is about to be overwritten, as caffe.export.fold builds one."""
+    before = getattr(_skipping, "on", False)
+    _skipping.on = True
+    try:
+        yield
+    finally:
+        _skipping.on = before
+
+
 def fill(blob: Blob, param) -> None:
     """Fill ``blob``'s data as the FillerParameter ``param`` says."""
+    if getattr(_skipping, "on", False):
+        return
     kind = param.type
     gen = common.generator(torch.device("cpu"))
     shape = blob.shape

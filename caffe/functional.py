@@ -214,13 +214,21 @@ def lrn(x: torch.Tensor, *, local_size: int, alpha: float, beta: float, k: float
     square = x * x
     pre_pad = (local_size - 1) // 2
     if norm_region == ACROSS_CHANNELS:
-        n, c, h, w = x.shape
-        padded = F.pad(square.reshape(n, 1, c, h, w), (0, 0, 0, 0, pre_pad, pre_pad))
-        mean = F.avg_pool3d(padded, (local_size, 1, 1), 1).reshape(n, c, h, w)
-        return x * (mean * alpha + k).pow(-beta)
-    mean = pooling(square, method=POOL_AVE, kernel=(local_size, local_size), stride=(1, 1),
-                   pad=(pre_pad, pre_pad))
-    return x * (mean * alpha + 1.0).pow(-beta)
+        # The channel window's sum as shifted adds of the zero-padded squares (a pooling
+        # kernel along the channel axis is ~10x slower), scaled by alpha / n as Caffe does.
+        c = x.shape[1]
+        padded = F.pad(square, (0, 0, 0, 0, pre_pad, pre_pad))
+        total = padded[:, :c]
+        for d in range(1, local_size):
+            total = total + padded[:, d:d + c]
+        scale = total * (alpha / local_size) + k
+    else:
+        scale = pooling(square, method=POOL_AVE, kernel=(local_size, local_size),
+                        stride=(1, 1), pad=(pre_pad, pre_pad)) * alpha + 1.0
+    if beta == 0.75:  # Caffe's default: two vectorized roots, within 2 ulp of pow, 2x faster
+        root = scale.rsqrt()
+        return x * (root * root.sqrt())
+    return x * scale.pow(-beta)
 
 
 def normalize(x: torch.Tensor, weight: torch.Tensor, *, across_spatial: bool = True,

@@ -650,6 +650,8 @@ class Net:
 
     def forward_prefilled(self) -> float:
         """Forward the whole net; returns the loss (Caffe's Forward(&loss))."""
+        if getattr(self, "_inference", None) is not None:
+            return self._inference.forward()
         return self.forward_from_to(0, len(self.layers) - 1)
 
     def backward_all(self) -> None:
@@ -672,9 +674,9 @@ class Net:
 
     def clear_param_diffs(self) -> None:
         """Zero the diffs of the learnable parameters (the solver does it before each iteration)."""
-        for blob in self.learnable_params:
-            if blob.count:
-                blob.mutable_device_diff().zero_()
+        diffs = [blob.mutable_device_diff() for blob in self.learnable_params if blob.count]
+        if diffs:  # one call for every blob, not one per blob
+            torch._foreach_zero_(diffs)
 
     def update(self) -> None:
         """data -= diff for every learnable parameter (shared ones once, through the owner)."""
@@ -757,6 +759,7 @@ class Net:
                 except CaffeError as exc:
                     raise NetError(f"{origin or '<weights>'}: layer {src.name!r}, param {j}: "
                                    f"{exc}") from None
+        self._refresh_inference()
 
     def copy_from(self, filename: str) -> None:
         """Load weights from a binary or HDF5 .caffemodel (pycaffe's copy_from)."""
@@ -791,6 +794,7 @@ class Net:
                                    f"mismatch. Source param shape is {src.shape_string()}; "
                                    f"target param shape is {target.shape_string()}")
                 target.share_data(src)
+        self._refresh_inference()
 
     def to_proto(self, write_diff: bool = False) -> caffe_pb2.NetParameter:
         """The net's layers with their current blobs (Caffe's Net::ToProto)."""
@@ -888,6 +892,7 @@ class Net:
         except (OSError, KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
             raise NetError(f"Error reading weights from HDF5 file {filename}{where}: "
                            f"{type(exc).__name__}: {exc}") from None
+        self._refresh_inference()
 
     # --- pycaffe surface -----------------------------------------------------------------------
     @property
@@ -942,10 +947,52 @@ class Net:
         return list(self.top_id_vecs[layer_id])
 
     def _forward(self, start: int, end: int) -> float:
+        if getattr(self, "_inference", None) is not None:
+            if (start, end) != (0, len(self.layers) - 1):
+                raise NetError(f"net {self.name!r} is optimized for inference: only the whole "
+                               f"net runs (no start=/end=); call "
+                               f"net.clear_inference_optimization() for layer ranges")
+            return self._inference.forward()
         return self.forward_from_to(start, end)
 
     def _backward(self, start: int, end: int) -> None:
+        if getattr(self, "_inference", None) is not None:
+            raise NetError(f"net {self.name!r} is optimized for inference, which has no "
+                           f"backward pass; call net.clear_inference_optimization() first")
         self.backward_from_to(start, end)
+
+    # --- optimized inference (caffe.inference) ---------------------------------------------
+    def optimize_for_inference(self, keep: Sequence[str] = (), fold: bool = True,
+                               channels_last: bool = True, precision: str = "float32",
+                               compile: bool = False) -> None:
+        """Run the whole-net forward of this TEST net as one optimized module: BatchNorm and
+        Scale folded (``fold``), NHWC activations (``channels_last``), ``precision``
+        "float32", "bfloat16" or "float16", ``torch.compile`` (``compile``); only the outputs
+        and the ``keep`` blobs hold values afterwards. See caffe.inference; undo with
+        clear_inference_optimization()."""
+        from caffe import inference
+
+        inference.optimize(self, keep=keep, fold=fold, channels_last=channels_last,
+                           precision=precision, compile=compile)
+
+    def clear_inference_optimization(self) -> None:
+        """Back to pycaffe's per-layer forward, where every blob holds its values."""
+        from caffe import inference
+
+        inference.clear(self)
+
+    def _refresh_inference(self) -> None:
+        """New weights: an optimized forward rebuilds its module from them."""
+        if getattr(self, "_inference", None) is not None:
+            from caffe import inference
+
+            inference.refresh(self)
+
+    @property
+    def inference_options(self):
+        """The options of optimize_for_inference in effect (an InferenceOptions), or None."""
+        engine = getattr(self, "_inference", None)
+        return None if engine is None else engine.options
 
     def _blob_ids(self, names, what: str) -> list[int]:
         """Blob indices of the names a caller asked for (``blobs=``/``diffs=``), checked."""

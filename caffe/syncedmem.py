@@ -67,26 +67,31 @@ class SyncedMemory:
             self.head = SYNCED
 
     # --- host side -------------------------------------------------------------------------
+    # The host accessors check the head inline: they run several times per layer per pass.
     def cpu_tensor(self) -> torch.Tensor:
         """The host copy as a flat tensor, synced from the device when newer there (read-only
         use)."""
-        self._to_cpu()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
         return self._cpu
 
     def mutable_cpu_tensor(self) -> torch.Tensor:
         """The host copy as a flat writable tensor; the head moves to the host."""
-        self._to_cpu()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
         self.head = HEAD_AT_CPU
         return self._cpu
 
     def cpu_data(self) -> np.ndarray:
         """Read-only flat numpy view of the host copy."""
-        self._to_cpu()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
         return self._cpu_np_readonly
 
     def mutable_cpu_data(self) -> np.ndarray:
         """Writable flat numpy view of the host copy; the head moves to the host."""
-        self._to_cpu()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
         self.head = HEAD_AT_CPU
         return self._cpu_np
 
@@ -110,10 +115,17 @@ class SyncedMemory:
     # --- current-mode accessors used by layer math -------------------------------------------
     def device_tensor(self) -> torch.Tensor:
         """The copy for the current mode (device in GPU mode, host in CPU mode), read-only use."""
-        return self.gpu_data() if common.mode() == common.GPU else self.cpu_tensor()
+        if common.mode() == common.GPU:
+            return self.gpu_data()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
+        return self._cpu
 
     def mutable_device_tensor(self) -> torch.Tensor:
         """The writable copy for the current mode; the head moves to that side."""
         if common.mode() == common.GPU:
             return self.mutable_gpu_data()
-        return self.mutable_cpu_tensor()
+        if self.head != HEAD_AT_CPU and self.head != SYNCED:
+            self._to_cpu()
+        self.head = HEAD_AT_CPU
+        return self._cpu

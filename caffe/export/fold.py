@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from caffe import filler
 from caffe.errors import NetError
 from caffe.proto import caffe_pb2
 
@@ -52,12 +53,14 @@ class _Fold:
     folded: list[int] = field(default_factory=list)
 
 
-def fold_net(net, *, keep: Iterable[str] = ()):
+def fold_net(net, *, keep: Iterable[str] = (), share_weights: bool = False):
     """An equivalent TEST-phase Net with BatchNorm/Scale folded and Dropout/Split removed.
 
     ``keep`` names blobs that must survive with their names (besides the net outputs), e.g.
-    the ``outputs=`` of a partial export. Raises :class:`caffe.errors.NetError` for a TRAIN
-    net (batch statistics and active Dropout have no test-time equivalent).
+    the ``outputs=`` of a partial export. ``share_weights``: the layers that are not folded
+    share their blobs' storage with ``net``'s (``Blob.share_data``) instead of copying it.
+    Raises :class:`caffe.errors.NetError` for a TRAIN net (batch statistics and active Dropout
+    have no test-time equivalent).
     """
     from caffe.net import Net
 
@@ -68,9 +71,10 @@ def fold_net(net, *, keep: Iterable[str] = ()):
     graph = _Graph(net)
     folds = graph.find_folds(protected)
     param = graph.rebuild(folds, protected)
-    folded = Net(param, caffe_pb2.TEST, dtype=net.dtype,
-                 allow_python_layers=net.allow_python_layers)
-    _copy_weights(net, folded, folds)
+    with filler.skipped():  # every parameter is written by _copy_weights
+        folded = Net(param, caffe_pb2.TEST, dtype=net.dtype,
+                     allow_python_layers=net.allow_python_layers)
+    _copy_weights(net, folded, folds, share_weights)
     return folded
 
 
@@ -170,6 +174,8 @@ class _Graph:
     # -- the new NetParameter ------------------------------------------------------------------
     def _removable(self, i: int, protected: set[str]) -> bool:
         lp = self.params[i]
+        if lp.type not in ("Split", "Dropout") or not lp.bottom:
+            return False
         if any(self.is_protected(i, j, protected) and top != lp.bottom[0]
                for j, top in enumerate(lp.top)):
             return False  # a name that must stay, and nothing else can produce it
@@ -177,10 +183,8 @@ class _Graph:
             # Split tops share the bottom's data: a consumer running in place on one changes
             # them all, which reading the bottom directly would not reproduce.
             return not any((i, j) in self.in_place_readers for j in range(len(lp.top)))
-        if lp.type == "Dropout":
-            layer = self.layers[i]
-            return getattr(layer, "test_scale", 1.0) == 1.0 and len(lp.bottom) == 1
-        return False
+        layer = self.layers[i]  # a Dropout: the identity at TEST when it does not rescale
+        return getattr(layer, "test_scale", 1.0) == 1.0 and len(lp.bottom) == 1
 
     def rebuild(self, folds: list[_Fold], protected: set[str]) -> caffe_pb2.NetParameter:
         """The folded NetParameter: layers copied without their phase rules (the net is
@@ -271,7 +275,7 @@ def _folded_weights(net, fold: _Fold) -> tuple[np.ndarray, np.ndarray]:
     return weight, bias * a + c
 
 
-def _copy_weights(net, folded, folds: list[_Fold]) -> None:
+def _copy_weights(net, folded, folds: list[_Fold], share: bool) -> None:
     by_producer = {net.layers[f.producer].layer_param.name: f for f in folds}
     old_layers = {layer.layer_param.name: layer for layer in net.layers}
     for layer in folded.layers:
@@ -286,7 +290,10 @@ def _copy_weights(net, folded, folds: list[_Fold]) -> None:
         if old is None:
             continue
         for target, source in zip(layer.blobs, old.blobs, strict=True):
-            target.data[...] = source.cpu_data()
+            if share:
+                target.share_data(source)
+            else:
+                target.data[...] = source.cpu_data()
 
 
 def _prepare_bias(lp: caffe_pb2.LayerParameter) -> None:

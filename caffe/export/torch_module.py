@@ -85,12 +85,14 @@ def _check_names(net, names: Sequence[str], what: str) -> None:
 
 
 def build_plan(net, inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
-               fold: bool = False) -> Plan:
+               fold: bool = False, share_weights: bool = False) -> Plan:
     """The ops that compute ``outputs`` (default ``net.outputs``) from ``inputs`` (default
-    ``net.inputs``), with the layers' blobs copied. Raises one CaffeError listing every needed
-    layer that cannot be exported."""
+    ``net.inputs``), with the layers' blobs copied (or, with ``share_weights``, viewed: the
+    tensors are the blobs' storage). Raises one CaffeError listing every needed layer that
+    cannot be exported."""
     if fold:
-        net = fold_net(net, keep=list(inputs or ()) + list(outputs or ()))
+        net = fold_net(net, keep=list(inputs or ()) + list(outputs or ()),
+                       share_weights=share_weights)
     inputs = list(net.inputs if inputs is None else inputs)
     outputs = list(net.outputs if outputs is None else outputs)
     _check_names(net, inputs, "input")
@@ -155,7 +157,7 @@ def build_plan(net, inputs: Sequence[str] | None = None, outputs: Sequence[str] 
         if reason is not None:
             refused.append(f"{net._layer_names[i]!r} ({layer.type}: {reason})")
             continue
-        plan.ops.append(_op(net, i, call, plan.children, taken, registered))
+        plan.ops.append(_op(net, i, call, plan.children, taken, registered, share_weights))
     if refused or problems:
         lines = []
         if refused:
@@ -168,7 +170,7 @@ def build_plan(net, inputs: Sequence[str] | None = None, outputs: Sequence[str] 
 
 
 def _op(net, i: int, call: Call, children: dict, taken: set[str],
-        registered: dict) -> Op:
+        registered: dict, share_weights: bool) -> Op:
     layer = net.layers[i]
     lname = net._layer_names[i]
     names = net._blob_names
@@ -189,7 +191,9 @@ def _op(net, i: int, call: Call, children: dict, taken: set[str],
         owner = net.param_owners[net_id]
         key = net.param_layer_indices[owner] if owner >= 0 else (i, pid)
         if key not in registered:
-            value = layer.blobs[pid].device_data().detach().clone()
+            value = layer.blobs[pid].device_data().detach()
+            if not share_weights:
+                value = value.clone()
             entry = children[own()]
             if arg in call.buffers:
                 entry["buffers"][arg] = value
@@ -211,26 +215,53 @@ def _op(net, i: int, call: Call, children: dict, taken: set[str],
               use_bottoms=call.use_bottoms, alias=call.alias)
 
 
-def run_ops(module: nn.Module, ops: Sequence[Op], blobs: dict[str, torch.Tensor]) -> None:
-    """Run ``ops`` on the named tensors in ``blobs`` (updated with every top)."""
-    for op in ops:
+def last_uses(ops: Sequence[Op], keep: Sequence[str]) -> list[list[str]]:
+    """For each op, the blob names no later op reads (and not in ``keep``): what can be
+    dropped after it, so activations live only while they are needed."""
+    last: dict[str, int] = {}
+    for k, op in enumerate(ops):
+        for name in op.bottoms:
+            last[name] = k
+        for name in op.tops:
+            last.setdefault(name, k)  # a top nobody reads goes right after its op
+    drops: list[list[str]] = [[] for _ in ops]
+    kept = set(keep)
+    for name, k in last.items():
+        if name not in kept:
+            drops[k].append(name)
+    return drops
+
+
+def run_ops(module: nn.Module, ops: Sequence[Op], blobs: dict[str, torch.Tensor],
+            drops: Sequence[Sequence[str]] = ()) -> None:
+    """Run ``ops`` on the named tensors in ``blobs`` (updated with every top); after op k,
+    the names in ``drops[k]`` leave ``blobs``."""
+    for k, op in enumerate(ops):
         if op.alias:
             for t in op.tops:
                 blobs[t] = blobs[op.bottoms[0]]
-            continue
-        kwargs = {arg: getattr(getattr(module, child), name)
-                  for arg, (child, name) in op.tensors.items()}
-        kwargs.update(op.kwargs)
-        if op.training:
-            kwargs["training"] = module.training
-        args = [blobs[b] for b in op.bottoms] if op.use_bottoms else []
-        if op.per_bottom:
-            outs = tuple(op.func(a, **kwargs) for a in args)
         else:
-            out = op.func(*args, **kwargs)
-            outs = out if isinstance(out, tuple) else (out,)
-        for t, value in zip(op.tops, outs):
-            blobs[t] = value
+            _run_op(module, op, blobs)
+        if drops:
+            for name in drops[k]:
+                blobs.pop(name, None)
+
+
+def _run_op(module: nn.Module, op: Op, blobs: dict[str, torch.Tensor]) -> None:
+    """One op: its function on its bottoms and tensors, its results stored as its tops."""
+    kwargs = {arg: getattr(getattr(module, child), name)
+              for arg, (child, name) in op.tensors.items()}
+    kwargs.update(op.kwargs)
+    if op.training:
+        kwargs["training"] = module.training
+    args = [blobs[b] for b in op.bottoms] if op.use_bottoms else []
+    if op.per_bottom:
+        outs = tuple(op.func(a, **kwargs) for a in args)
+    else:
+        out = op.func(*args, **kwargs)
+        outs = out if isinstance(out, tuple) else (out,)
+    for t, value in zip(op.tops, outs):
+        blobs[t] = value
 
 
 class CaffeModule(nn.Module):
@@ -252,6 +283,7 @@ class CaffeModule(nn.Module):
         self.loss_weights = tuple(plan.loss_weights)
         self.as_dict = as_dict
         self._ops = list(plan.ops)
+        self._drops = last_uses(self._ops, self.output_names)
         self.train(plan.training)
 
     def forward(self, *inputs: torch.Tensor):
@@ -259,7 +291,7 @@ class CaffeModule(nn.Module):
             raise CaffeError(f"net {self.net_name!r} takes {len(self.input_names)} input(s) "
                              f"{list(self.input_names)}, got {len(inputs)}")
         blobs = dict(zip(self.input_names, inputs))
-        run_ops(self, self._ops, blobs)
+        run_ops(self, self._ops, blobs, self._drops)
         if self.as_dict:
             return {name: blobs[name] for name in self.output_names}
         return tuple(blobs[name] for name in self.output_names)

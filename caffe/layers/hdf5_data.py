@@ -10,11 +10,14 @@ Rows are read in order, continuing into the next file and wrapping around after 
 permuted when it is loaded and each time its end is reached (as Caffe). Relative .h5 paths are
 taken from the working directory, or else from the list file's directory.
 
-Only the rows of each batch are read (Caffe loads whole files into memory), and a declared
-shape is checked before anything is read: more than INT_MAX values (the bound of the blob C++
-Caffe reads a dataset into) or more bytes than a contiguous dataset stores are refused. In TRAIN
-with several solvers, each keeps the rows whose running offset modulo ``solver_count`` is its
-rank. An untrusted net (see caffe.untrusted) refuses listed files outside its file root.
+Only the rows of each batch are read from the file (Caffe loads whole files into memory), and
+a declared shape is checked before anything is read: more than INT_MAX values (the bound of the
+blob C++ Caffe reads a dataset into) or more bytes than a contiguous dataset stores are refused.
+A single listed file of at most ``MEMORY_CACHE_BYTES`` keeps the rows its first pass read, and
+later passes take their batches from memory (as Caffe's in-memory copy): h5py's per-read cost
+(~40 us) would otherwise be most of a small net's iteration. In TRAIN with several solvers,
+each keeps the rows whose running offset modulo ``solver_count`` is its rank. An untrusted net
+(see caffe.untrusted) refuses listed files outside its file root.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from caffe.errors import DataError
 from caffe.layer import Layer, register
 
 logger = logging.getLogger("caffe")
+
+#: a single listed file whose datasets hold at most this many bytes (in the net's dtype) is kept
+#: in memory once its first pass has read every row
+MEMORY_CACHE_BYTES = 256 * 2**20
 
 
 def read_hdf5_file_list(source: str) -> list[str]:
@@ -250,6 +257,13 @@ class HDF5DataLayer(Layer):
         self.num_rows = int(self.hdf_datasets[0].shape[0])
         self.check(self.num_rows > 0, f"HDF5 file {filename!r} has no rows")
         self.data_permutation = None  # identity, without an arange of num_rows
+        # Rows kept for the next passes over a lone file (filled as the first pass reads them).
+        self.row_cache = None
+        self.cache_complete = False
+        itemsize = np.dtype(self.np_dtype).itemsize
+        if len(self.filenames) == 1 and self.solver_count == 1 and \
+                sum(d.size for d in self.hdf_datasets) * itemsize <= MEMORY_CACHE_BYTES:
+            self.row_cache = [np.empty(d.shape, dtype=self.np_dtype) for d in self.hdf_datasets]
         if self.shuffle:
             if self.num_rows * 8 > _physical_memory():
                 raise DataError(f"{self.type_name} layer {self.name!r}: HDF5 file "
@@ -269,6 +283,8 @@ class HDF5DataLayer(Layer):
         """Tops keep the shape set at setup."""
 
     def _next_file(self) -> None:
+        # A lone file is not reloaded: its pass that ends here has put every row in the cache.
+        self.cache_complete = self.row_cache is not None
         if len(self.filenames) > 1:
             self.current_file += 1
             if self.current_file == len(self.filenames):
@@ -281,22 +297,34 @@ class HDF5DataLayer(Layer):
         if self.shuffle:
             self.data_permutation = self.rng.permutation(self.num_rows)
 
-    def _read(self, rows: np.ndarray, filled: int) -> None:
-        """Rows ``rows`` of the current file into the staging batch, from row ``filled``."""
-        take = len(rows)
-        for name, staging, dataset in zip(self.top_names, self._staging, self.hdf_datasets):
+    def _read(self, rows, targets: Sequence[np.ndarray]) -> None:
+        """Rows ``rows`` (a slice or an index array) of the current file into ``targets``."""
+        if self.cache_complete:
+            for cache, target in zip(self.row_cache, targets):
+                if isinstance(rows, slice):
+                    target[...] = cache[rows]
+                else:
+                    np.take(cache, rows, axis=0, out=target)
+            return
+        indices = rows if not isinstance(rows, slice) else np.arange(rows.start, rows.stop)
+        for name, target, dataset in zip(self.top_names, targets, self.hdf_datasets):
             try:
-                read_rows(dataset, rows, staging[filled:filled + take])
+                read_rows(dataset, indices, target)
             except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
                 raise DataError(f"{self.type_name} layer {self.name!r}: Failed reading HDF5 "
                                 f"file {self.current_filename!r} (dataset {name!r}): "
                                 f"{type(exc).__name__}: {exc}") from None
+        if self.row_cache is not None:
+            for cache, target in zip(self.row_cache, targets):
+                cache[rows] = target
 
     def forward(self, bottom: Sequence[Blob], top: Sequence[Blob]) -> None:
         # Rows are read in order (or in the shuffled order); with several solvers in TRAIN
         # each keeps the rows whose running offset % solver_count == its rank (as BVLC
         # Caffe's later HDF5DataLayer::Skip; 1.0 did not shard), so rows kept within one file
-        # are a strided run and are read together.
+        # are a strided run and are read together. On CPU the rows go straight into the tops.
+        host = common.mode() == common.CPU
+        batches = [blob.mutable_cpu_data() for blob in top] if host else self._staging
         step, rank = self.solver_count, self.solver_rank
         filled = 0
         while filled < self.batch_size:
@@ -312,15 +340,19 @@ class HDF5DataLayer(Layer):
             self.offset += skip
             take = min(self.batch_size - filled, (left - skip + step - 1) // step)
             span = (take - 1) * step + 1
-            positions = np.arange(self.current_row, self.current_row + span, step)
-            rows = positions if self.data_permutation is None else \
-                self.data_permutation[positions]
-            self._read(rows, filled)
+            if step == 1 and self.data_permutation is None:
+                rows = slice(self.current_row, self.current_row + take)
+            else:
+                positions = np.arange(self.current_row, self.current_row + span, step)
+                rows = positions if self.data_permutation is None else \
+                    self.data_permutation[positions]
+            self._read(rows, [batch[filled:filled + take] for batch in batches])
             filled += take
             self.current_row += span
             self.offset += span
-        for blob, staging in zip(top, self._staging):
-            blob.mutable_device_data().copy_(torch.from_numpy(staging))
+        if not host:
+            for blob, staging in zip(top, self._staging):
+                blob.mutable_device_data().copy_(torch.from_numpy(staging))
 
     def backward(self, top, propagate_down, bottom) -> None:
         """Data layers have no backward."""
