@@ -269,15 +269,16 @@ def _ratio(a, b) -> str:
 
 THREAD_NOTES = """\
 Threads (`--threads T`, default 2; no `OMP_WAIT_POLICY` is set for any peer): caffepy
-`caffe.set_num_threads(T)`, OpenMP wait policy PASSIVE by caffepy's own default
-(`caffe/_threads.py`); `python -m caffe time` with `OMP_NUM_THREADS=T` (same default policy);
+`caffe.set_num_threads(T)`, OpenMP wait policy PASSIVE with GOMP_SPINCOUNT=1000 by
+caffepy's own default (`caffe/_threads.py`); `python -m caffe time` with
+`OMP_NUM_THREADS=T` (same default policy);
 C++ Caffe (pycaffe and `caffe time`) `OPENBLAS_NUM_THREADS=T` (OpenBLAS pthreads; Caffe's own
 im2col/pooling/LRN loops run on one thread); OpenCV `cv2.setNumThreads(T)` (its pthreads
 pool), backend DNN_BACKEND_OPENCV; PyTorch `torch.set_num_threads(T)`, torch imported before
 caffe so libgomp keeps its default (spinning) wait policy: on a busy machine its idle thread
 spins on the core the worker needs and the torch rows run several times slower than with
 sleeping threads (`--env OMP_WAIT_POLICY=PASSIVE` sets that for every peer; only torch reads
-it, caffepy has it already). Agreement: each peer's first run's outputs on the same input
+it, caffepy has its own). Agreement: each peer's first run's outputs on the same input
 against caffepy's (SSD: the detections, sorted, and the two blobs that feed DetectionOutput);
 a float32 peer off by more than 1e-3 is marked and left out of the "best peer" table."""
 

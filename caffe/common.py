@@ -216,4 +216,5 @@ def threads_summary() -> str:
     else:
         origin = "from the environment"
     return (f"CPU threads: {torch.get_num_threads()} (OMP_NUM_THREADS="
-            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), OMP_WAIT_POLICY={policy} ({origin})")
+            f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), OMP_WAIT_POLICY={policy} "
+            f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')} ({origin})")

@@ -292,8 +292,9 @@ ZOO_CASES = [  # (net, batch, precisions run on CPU); float16 CPU kernels are sl
 ]
 
 
-@pytest.mark.parametrize("name,batch,precisions", ZOO_CASES, ids=[c[0] for c in ZOO_CASES])
-def test_zoo_nets_within_the_bound(name, batch, precisions):
+def check_zoo_net(name: str, batch: int, precisions, device: str = "cpu") -> None:
+    """A zoo net's logits and probabilities in each of ``precisions`` (on ``device``) against
+    its float32 module on the CPU, within the bound."""
     net = zoo_net(name, batch=batch)
     outputs = [logits_blob(net), *net.outputs]
     x = torch.from_numpy(random_feed(net)["data"])
@@ -301,10 +302,16 @@ def test_zoo_nets_within_the_bound(name, batch, precisions):
     z32, p32 = run(reference, x)
     depth = weighted_depth(reference)[outputs[0]]
     for precision in precisions:
-        module = exported(net, outputs, precision)
+        module = exported(net, outputs, precision, device=device)
         assert_weights_in(module, P.parse_precision(precision))
-        z, p = run(module, x)
-        check_logits_and_probs(z32, p32, z, p, precision, depth, f"{name} {precision}")
+        z, p = run(module, x.to(device))
+        check_logits_and_probs(z32, p32, z, p, precision, depth,
+                               f"{name} {device} {precision}")
+
+
+@pytest.mark.parametrize("name,batch,precisions", ZOO_CASES, ids=[c[0] for c in ZOO_CASES])
+def test_zoo_nets_within_the_bound(name, batch, precisions):
+    check_zoo_net(name, batch, precisions)
 
 
 def test_mobilenet_ssd_within_the_bound():
@@ -338,14 +345,5 @@ def test_cuda_zoo_nets_within_the_bound(precision):
     if precision not in P.supported_precisions("cuda"):
         pytest.skip(f"{precision} not supported on this GPU")
     for name, batch, _ in ZOO_CASES:
-        net = zoo_net(name, batch=batch)
-        outputs = [logits_blob(net), *net.outputs]
-        x = torch.from_numpy(random_feed(net)["data"])
-        reference = to_torch(net, outputs=outputs, fold=True).eval()
-        z32, p32 = run(reference, x)
-        depth = weighted_depth(reference)[outputs[0]]
-        module = exported(net, outputs, precision, device="cuda")
-        assert_weights_in(module, P.parse_precision(precision))
-        z, p = run(module, x.cuda())
-        check_logits_and_probs(z32, p32, z, p, precision, depth, f"{name} cuda {precision}")
+        check_zoo_net(name, batch, [precision], device="cuda")
 

@@ -35,12 +35,17 @@ def _spincount(stderr: str) -> str:
 
 
 def test_import_sets_passive_policy_that_openmp_reads():
-    # libgomp's default spins 300000 times; PASSIVE sets the spin count to 0, so the printed
-    # count shows whether the variable set inside `import caffe` reached the runtime.
+    # libgomp's default spins 300000 times, PASSIVE alone 0; caffe's 1000 in the printed count
+    # shows that the variables set inside `import caffe` reached the runtime.
     out = _python("import os, caffe; print(os.environ['OMP_WAIT_POLICY'], "
                   "caffe._threads.WAIT_POLICY_SET_BY_CAFFE)", OMP_DISPLAY_ENV="VERBOSE")
     assert out.stdout.split() == ["PASSIVE", "True"]
-    assert _spincount(out.stderr) == "0"
+    assert _spincount(out.stderr) == caffe._threads.DEFAULT_SPIN_COUNT == "1000"
+
+
+def test_user_spin_count_is_kept():
+    out = _python("import caffe", GOMP_SPINCOUNT="5", OMP_DISPLAY_ENV="VERBOSE")
+    assert _spincount(out.stderr) == "5"
 
 
 def test_user_policy_is_kept():

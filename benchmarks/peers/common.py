@@ -30,6 +30,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def fed_net(caffe, args, x: np.ndarray):
+    """``caffe.Net`` (caffepy's or pycaffe's module) of the runner's TEST net and weights,
+    reshaped to the input batch ``x`` and holding it."""
+    net = caffe.Net(args.prototxt, caffe.TEST, weights=args.weights)
+    data = net.inputs[0]
+    net.blobs[data].reshape(*x.shape)
+    net.reshape()
+    net.blobs[data].data[...] = x
+    return net
+
+
 def load_input(args) -> np.ndarray:
     """The first ``--batch`` images of the shared input, float32 and C-contiguous."""
     x = np.load(args.input)[: args.batch]

@@ -4,7 +4,7 @@
         --input x.npy --batch 1 --outputs prob [--mode default|optimized|bf16|compiled|...]
 
 Threads: ``caffe.set_num_threads(--threads)``; the OpenMP wait policy is caffepy's own choice
-(``caffe._threads``: PASSIVE unless the environment sets one).
+(``caffe._threads``: PASSIVE with a 1000-spin wait unless the environment sets one).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from common import dump, emit, load_input, parser, time_forward
+from common import dump, emit, fed_net, load_input, parser, time_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -29,12 +29,7 @@ def main() -> int:
     args = p.parse_args()
     caffe.set_mode_cpu()
     caffe.set_num_threads(args.threads)
-    net = caffe.Net(args.prototxt, caffe.TEST, weights=args.weights)
-    x = load_input(args)
-    data = net.inputs[0]
-    net.blobs[data].reshape(*x.shape)
-    net.reshape()
-    net.blobs[data].data[...] = x
+    net = fed_net(caffe, args, load_input(args))
     names = args.outputs.split(",")
     if args.mode != "default":
         if not hasattr(caffe.Net, "optimize_for_inference"):

@@ -11,7 +11,7 @@ import os
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from common import dump, emit, load_input, parser, time_forward  # noqa: E402
+from common import dump, emit, fed_net, load_input, parser, time_forward  # noqa: E402
 
 import caffe  # noqa: E402
 
@@ -19,12 +19,7 @@ import caffe  # noqa: E402
 def main() -> int:
     args = parser(__doc__.split("\n\n")[0]).parse_args()
     caffe.set_mode_cpu()
-    net = caffe.Net(args.prototxt, caffe.TEST, weights=args.weights)
-    x = load_input(args)
-    data = net.inputs[0]
-    net.blobs[data].reshape(*x.shape)
-    net.reshape()
-    net.blobs[data].data[...] = x
+    net = fed_net(caffe, args, load_input(args))
     net.forward()
     dump(args.dump, {n: net.blobs[n].data for n in args.outputs.split(",")})
     times = time_forward(net.forward, args.warmup, args.iterations)
