@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from google.protobuf.internal.encoder import _VarintBytes
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -36,12 +38,7 @@ DEPLOY = ROOT / "tests" / "models" / "zoo" / "bvlc_reference_caffenet_deploy.pro
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out) + bytes([value])
+_varint = _VarintBytes  # protobuf's own base-128 varint encoder
 
 
 def _delimited(field: int, payload: bytes) -> bytes:

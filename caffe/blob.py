@@ -295,6 +295,13 @@ class Blob:
         """The SyncedMemory holding the gradients (shared by ``share_diff``)."""
         return self._diff
 
+    def replace_memory(self, data: SyncedMemory, diff: SyncedMemory) -> None:
+        """Hold ``data`` and ``diff`` (each of at least ``capacity`` elements) instead of the
+        current buffers, which are let go (caffe.inference gives unkept blobs' storage back)."""
+        self._data = data
+        self._diff = diff
+        self._views.clear()
+
     # --- sharing and arithmetic ------------------------------------------------------------
     def share_data(self, other: Blob) -> None:
         """Alias ``other``'s values (counts must match)."""

@@ -166,9 +166,8 @@ class InferenceEngine:
                 continue
             if isinstance(blob.data_mem, ReleasedMemory):
                 continue
-            blob._data = ReleasedMemory(blob.capacity, blob.dtype, name, kept_list)
-            blob._diff = ReleasedMemory(blob.capacity, blob.dtype, name, kept_list)
-            blob._views.clear()
+            blob.replace_memory(ReleasedMemory(blob.capacity, blob.dtype, name, kept_list),
+                                ReleasedMemory(blob.capacity, blob.dtype, name, kept_list))
 
     def _input(self, blob) -> torch.Tensor:
         x = blob.device_data()
@@ -216,9 +215,8 @@ def clear(net) -> None:
         return
     for blob in net.blobs.values():
         if isinstance(blob.data_mem, ReleasedMemory):
-            blob._data = SyncedMemory(blob.capacity, blob.dtype)
-            blob._diff = SyncedMemory(blob.capacity, blob.dtype)
-            blob._views.clear()
+            blob.replace_memory(SyncedMemory(blob.capacity, blob.dtype),
+                                SyncedMemory(blob.capacity, blob.dtype))
 
 
 def refresh(net) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf import text_format
+from google.protobuf.internal.encoder import _VarintBytes
 
 import caffe
 from caffe.caffemodel import read_caffemodel
@@ -77,12 +78,7 @@ def test_golden_caffemodels_load_as_protobuf_does(weights):
     assert any(np.any(a != 0) for blobs in fast.values() for a in blobs)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out) + bytes([value])
+_varint = _VarintBytes  # protobuf's own base-128 varint encoder
 
 
 def _key(field: int, wire: int) -> bytes:

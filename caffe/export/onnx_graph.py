@@ -76,21 +76,10 @@ class OnnxGraph:
 
     def fresh(self, hint: str) -> str:
         """A value name not used before, ``hint`` itself when free."""
-        name, k = hint, 0
-        while name in self._used:
-            k += 1
-            name = f"{hint}_{k}"
-        self._used.add(name)
-        return name
+        return _unused(hint, self._used)
 
     def _node_name(self, op_type: str) -> str:
-        base = f"{self.scope}/{op_type}" if self.scope else op_type
-        name, k = base, 0
-        while name in self._node_names:
-            k += 1
-            name = f"{base}_{k}"
-        self._node_names.add(name)
-        return name
+        return _unused(f"{self.scope}/{op_type}" if self.scope else op_type, self._node_names)
 
     def const(self, value, hint: str = "const", dtype=np.float32) -> str:
         """An initializer holding ``value`` (cast to ``dtype``); returns its name."""
@@ -198,3 +187,13 @@ def broadcast_shape(param_shape: Sequence[int], axis: int, ndim: int) -> list[in
     """Shape that lines a (Scale/Bias/BatchNorm-style) parameter up with axes
     [axis, axis + len(param_shape)) of an ``ndim``-axis blob, for numpy/ONNX broadcasting."""
     return list(param_shape) + [1] * (ndim - axis - len(param_shape))
+
+
+def _unused(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken``, which it joins."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name

@@ -84,11 +84,10 @@ def mean_blobproto(mean: np.ndarray) -> caffe_pb2.BlobProto:
 def main(argv: list[str]) -> int:
     """Run ``caffe compute_image_mean`` on ``argv`` (its flags and positional arguments); returns
     the exit status."""
-    flags = flag_set()
-    values, args = flags.parse(argv)
-    if len(args) not in (1, 2):
-        print(flags.help_text())
+    parsed = flag_set().parse_with_args(argv, (1, 2))
+    if parsed is None:
         return 1
+    values, args = parsed
     mean, _ = compute_mean(args[0], str(values["backend"]))
     if len(args) == 2:
         logger.info("Write to %s", args[1])

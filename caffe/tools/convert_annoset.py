@@ -75,11 +75,10 @@ def read_pairs(list_file: str, classification: bool) -> list[tuple[str, str | in
 def main(argv: list[str]) -> int:
     """Run ``caffe convert_annoset`` on ``argv`` (its flags and positional arguments); returns the
     exit status."""
-    flags = flag_set()
-    values, args = flags.parse(argv)
-    if len(args) != 3:
-        print(flags.help_text())
+    parsed = flag_set().parse_with_args(argv, (3,))
+    if parsed is None:
         return 1
+    values, args = parsed
     root_folder, list_file, db_name = args
     anno_type = str(values["anno_type"])
     if anno_type not in ("classification", "detection"):

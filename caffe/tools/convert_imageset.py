@@ -51,11 +51,10 @@ def define_image_flags(flags: FlagSet) -> FlagSet:
 def main(argv: list[str]) -> int:
     """Run ``caffe convert_imageset`` on ``argv`` (its flags and positional arguments); returns the
     exit status."""
-    flags = flag_set()
-    values, args = flags.parse(argv)
-    if len(args) != 3:
-        print(flags.help_text())
+    parsed = flag_set().parse_with_args(argv, (3,))
+    if parsed is None:
         return 1
+    values, args = parsed
     root_folder, list_file, db_name = args
     is_color = not values["gray"]
     encode_type = str(values["encode_type"])

@@ -81,6 +81,16 @@ class FlagSet:
                 else "known flags: " + ", ".join("-" + n for n in own))
         return CaffeError(f"unknown command line flag '{name}' ({hint})")
 
+    def parse_with_args(self, argv: list[str], counts: tuple[int, ...]
+                        ) -> tuple[dict[str, object], list[str]] | None:
+        """``parse``, then the tools' usage rule: with a positional-argument count not in
+        ``counts``, print help_text and return None (the tool exits 1, as Caffe's do)."""
+        values, args = self.parse(argv)
+        if len(args) not in counts:
+            print(self.help_text())
+            return None
+        return values, args
+
     def parse(self, argv: list[str]) -> tuple[dict[str, object], list[str]]:
         """Parse ``argv`` into ``({flag: value}, positional arguments)``; ``-help`` prints help_text
         and ends the tool."""

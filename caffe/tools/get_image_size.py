@@ -52,11 +52,10 @@ def read_name_ids(path: str) -> dict[str, int]:
 def main(argv: list[str]) -> int:
     """Run ``caffe get_image_size`` on ``argv`` (its flags and positional arguments); returns the
     exit status."""
-    flags = flag_set()
-    values, args = flags.parse(argv)
-    if len(args) != 3:
-        print(flags.help_text())
+    parsed = flag_set().parse_with_args(argv, (3,))
+    if parsed is None:
         return 1
+    values, args = parsed
     root_folder, list_file, out_file = args
     lines = read_pairs(list_file, classification=False)
     logger.info("A total of %d images.", len(lines))
