@@ -92,6 +92,9 @@ def test_standalone_models_run_without_caffepy(tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Bit-equality below needs this process's thread count there too: GEMM and reduction
+    # kernels split their sums by thread, so OMP_NUM_THREADS=16 would round differently.
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     result = subprocess.run([sys.executable, str(runner), *folders], capture_output=True,
                             text=True, timeout=300, env=env, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr
